@@ -1,0 +1,69 @@
+"""structlog configured once, at the entry point; a processor masks secrets in every event."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, Literal
+
+import structlog
+
+__all__ = ["LogFormat", "configure_logging", "mask_secrets"]
+
+LogFormat = Literal["console", "json"]
+
+_SECRET_KEYS = re.compile(
+    r"(secret|password|token|passwd|api_key|apikey|credential|external_id)", re.I
+)
+# user:password@ in URLs, and long opaque path segments of webhook URLs (slack://T/B/XXXX).
+_URL_PASSWORD = re.compile(r"(?P<scheme>[a-z][a-z0-9+.-]*://)(?P<user>[^:/@\s]+):[^@/\s]+@", re.I)
+_WEBHOOK_PATH = re.compile(
+    r"(?P<prefix>\b(?:slack|msteams|discord|json|jsons|mailto|mailtos|tgram|pushover|"
+    r"hooks\.slack\.com/services)[^\s/]*/(?:/?[^\s/]+/)?)(?P<secret>[A-Za-z0-9_\-]{8,})",
+    re.I,
+)
+
+
+def _mask_text(text: str) -> str:
+    text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    return _WEBHOOK_PATH.sub(r"\g<prefix>***", text)
+
+
+def mask_secrets(
+    _logger: Any, _method: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """Never a secret in a log line: mask secret-named keys and credentials inside URLs."""
+    for key, value in list(event_dict.items()):
+        if _SECRET_KEYS.search(key) and value not in (None, "", False):
+            event_dict[key] = "***"
+        elif isinstance(value, str):
+            event_dict[key] = _mask_text(value)
+        elif isinstance(value, list | tuple) and value and isinstance(value[0], str):
+            event_dict[key] = [_mask_text(item) for item in value]
+    return event_dict
+
+
+def configure_logging(fmt: LogFormat = "console", level: str = "info") -> None:
+    """Logs go to stderr, so stdout carries nothing but data."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            mask_secrets,
+            structlog.processors.format_exc_info,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
+        ),
+        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        cache_logger_on_first_use=False,
+    )

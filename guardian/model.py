@@ -1,0 +1,146 @@
+"""Plain data that flows through a cycle: instances, their GPU samples, prices and findings.
+
+Frozen dataclasses with units in field names. Absence is ``None`` (checked by mypy), never 0:
+a missing sample is not 0 % utilisation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+from enum import StrEnum
+
+__all__ = [
+    "CpuEquivalent",
+    "Decision",
+    "Finding",
+    "GpuInstance",
+    "GpuSample",
+    "GpuUtilisation",
+    "Lifecycle",
+    "PriceAssessment",
+    "Verdict",
+]
+
+
+class Verdict(StrEnum):
+    """The contract's verdict names, exactly."""
+
+    IDLE = "idle"
+    UNDERUSED = "underused"
+    BUSY = "busy"
+    UNMEASURED = "unmeasured"
+    PROTECTED = "protected"
+
+
+class Lifecycle(StrEnum):
+    ON_DEMAND = "on-demand"
+    SPOT = "spot"  # AWS one-time or persistent spot, GCP Spot VM
+    PREEMPTIBLE = "preemptible"  # GCP legacy preemptible VM
+
+
+@dataclass(frozen=True)
+class GpuInstance:
+    """One running GPU instance (AWS) or VM (GCP), as discovered."""
+
+    provider: str  # "aws" | "gcp"
+    account: str  # AWS account id, GCP project id
+    region: str
+    zone: str
+    instance_id: str
+    instance_type: str
+    launch_time: datetime  # aware UTC
+    gpu_count: int
+    gpu_model: str | None = None
+    gpu_memory_mib: int | None = None
+    name: str | None = None
+    lifecycle: Lifecycle = Lifecycle.ON_DEMAND
+    tags: Mapping[str, str] = field(default_factory=dict)
+    owner: str | None = None
+    has_instance_store: bool = False  # AWS instance store / GCP local SSD: lost on stop
+    spot_one_time: bool = False  # AWS one-time spot requests cannot be stopped at all
+    hibernation_configured: bool = False
+
+    @property
+    def key(self) -> str:
+        """Stable identity across cycles: provider, account and id."""
+        return f"{self.provider}:{self.account}:{self.instance_id}"
+
+
+@dataclass(frozen=True)
+class GpuSample:
+    """One timestamp of an instance's GPUs, already reduced over its GPUs.
+
+    ``gpu_util_pct`` is the max over the GPUs that reported; ``complete`` says whether every GPU
+    known to the instance reported at this timestamp. An incomplete sample under the threshold
+    proves nothing (the missing GPU may be working), so the policy never counts it as idle.
+    ``mem_used_mib`` is the max over the GPUs, or None when memory was not reported by all.
+    """
+
+    at: datetime
+    gpu_util_pct: float
+    mem_used_mib: float | None = None
+    complete: bool = True
+    processes: int | None = None  # compute processes holding a GPU (agent only; None = unknown)
+
+
+@dataclass(frozen=True)
+class GpuUtilisation:
+    """The measured GPU history of one instance over the lookback, oldest sample first.
+
+    ``error`` says why there is no usable data (agent absent, API failure): the instance is then
+    ``unmeasured``. ``processes`` is only known to the on-host agent: the number of compute
+    processes holding any GPU (0 = training finished), None where it cannot be seen.
+    """
+
+    samples: tuple[GpuSample, ...] = ()
+    period_s: int = 60
+    gpus_reporting: int = 0
+    error: str | None = None
+    processes: int | None = None
+
+
+@dataclass(frozen=True)
+class CpuEquivalent:
+    instance_type: str
+    hourly_price: float
+
+
+@dataclass(frozen=True)
+class PriceAssessment:
+    """What an instance costs and what its CPU equivalent would; None where unknown (with why)."""
+
+    hourly_price: float | None
+    price_source: str | None
+    cpu_equivalent: CpuEquivalent | None
+    premium: float | None  # hourly_price / cpu_equivalent.hourly_price
+    reason: str | None = None  # why a price or equivalent is unknown
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What ``policy.decide`` concluded about one instance at one moment."""
+
+    verdict: Verdict
+    reasons: tuple[str, ...]
+    action: str  # none | report | notify | stop (the mode's action; enforcement applies gates)
+    idle_minutes: float | None
+    wasted_usd: float | None
+    gpu_util_mean: float | None
+    gpu_util_max: float | None
+    gpu_mem_used_max_mib: float | None
+    metric_coverage: float | None
+    newest_sample_age_s: float | None
+    required_speedup: float | None
+    idle_window_minutes: float | None = None  # the window that applied (held or released)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """An instance with its price and decision: one row of the audit."""
+
+    instance: GpuInstance
+    price: PriceAssessment
+    decision: Decision
+    sparkline: tuple[float | None, ...] = ()  # the last hour, one value per period (None = gap)

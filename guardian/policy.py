@@ -1,0 +1,250 @@
+"""The verdict rules of DESIGN.md as one pure function, ``decide``.
+
+No clock (``now`` is an argument), no I/O, no cloud SDK: the daemon, the audit, the agent, the
+demo and the backtest all call this same function, so a backtest tests the real policy.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from guardian.config import Config, Mode
+from guardian.model import (
+    Decision,
+    GpuInstance,
+    GpuSample,
+    GpuUtilisation,
+    PriceAssessment,
+    Verdict,
+)
+from guardian.tags import protection, speedup_override
+
+__all__ = ["IdleRun", "decide", "trailing_idle_run"]
+
+_MODE_ACTION = {Mode.AUDIT: "report", Mode.NOTIFY: "notify", Mode.ENFORCE: "stop"}
+
+
+@dataclass(frozen=True)
+class IdleRun:
+    """The trailing stretch of samples under the threshold, up to the newest sample."""
+
+    held: timedelta  # every GPU under the threshold
+    released: timedelta  # ... and GPU memory released (or no compute process) throughout
+
+
+def _released(sample: GpuSample, released_below_mib: float) -> bool:
+    if sample.processes is not None:
+        return sample.processes == 0 and (
+            sample.mem_used_mib is None or sample.mem_used_mib < released_below_mib
+        )
+    return sample.mem_used_mib is not None and sample.mem_used_mib < released_below_mib
+
+
+def trailing_idle_run(
+    samples: Sequence[GpuSample],
+    *,
+    threshold_pct: float,
+    released_below_mib: float,
+    period: timedelta,
+    max_gap: timedelta,
+) -> IdleRun:
+    """How long every GPU has been under the threshold, counting back from the newest sample.
+
+    The run stops at a sample at or above the threshold, at an incomplete sample (a GPU did not
+    report: it may have been working) and at a gap longer than ``max_gap`` (no data is not idle).
+    Each sample stands for one ``period``, so ten one-minute samples are ten idle minutes.
+    """
+    if not samples:
+        return IdleRun(timedelta(0), timedelta(0))
+    newest = samples[-1].at
+    held_start: datetime | None = None
+    released_start: datetime | None = None
+    released_open = True
+    later: datetime | None = None
+    for sample in reversed(samples):
+        if later is not None and later - sample.at > max_gap:
+            break
+        if not sample.complete or sample.gpu_util_pct >= threshold_pct:
+            break
+        held_start = sample.at
+        if released_open and _released(sample, released_below_mib):
+            released_start = sample.at
+        else:
+            released_open = False
+        later = sample.at
+    held = newest - held_start + period if held_start is not None else timedelta(0)
+    released = newest - released_start + period if released_start is not None else timedelta(0)
+    return IdleRun(held, released)
+
+
+def _minutes(delta: timedelta) -> float:
+    return round(delta.total_seconds() / 60, 1)
+
+
+def _unmeasured(
+    reason: str, *, age_s: float | None = None, coverage: float | None = None
+) -> Decision:
+    return Decision(
+        verdict=Verdict.UNMEASURED,
+        reasons=(reason,),
+        action="report",
+        idle_minutes=None,
+        wasted_usd=None,
+        gpu_util_mean=None,
+        gpu_util_max=None,
+        gpu_mem_used_max_mib=None,
+        metric_coverage=coverage,
+        newest_sample_age_s=age_s,
+        required_speedup=None,
+    )
+
+
+def decide(
+    instance: GpuInstance,
+    utilisation: GpuUtilisation,
+    price: PriceAssessment,
+    config: Config,
+    now: datetime,
+) -> Decision:
+    """The verdict for one instance at ``now``, with reasons a person can check."""
+    idle_cfg, cost_cfg = config.idle, config.cost
+    guard = protection(instance.tags, now)
+    if guard.protected:
+        protected_reasons = tuple(r for r in (guard.reason, guard.problem) if r)
+        return Decision(
+            verdict=Verdict.PROTECTED,
+            reasons=protected_reasons,
+            action="none",
+            idle_minutes=None,
+            wasted_usd=None,
+            gpu_util_mean=None,
+            gpu_util_max=None,
+            gpu_mem_used_max_mib=None,
+            metric_coverage=None,
+            newest_sample_age_s=None,
+            required_speedup=None,
+        )
+
+    if utilisation.error:
+        return _unmeasured(utilisation.error)
+    lookback_start = now - cost_cfg.lookback
+    samples = tuple(s for s in utilisation.samples if lookback_start <= s.at <= now)
+    if not samples:
+        return _unmeasured(
+            "no GPU metrics in the lookback: is the GPU agent (CloudWatch agent nvidia_smi, "
+            "Ops Agent, or guardian agent) running?"
+        )
+    period = timedelta(seconds=utilisation.period_s)
+    age = now - samples[-1].at
+    uptime = now - instance.launch_time
+    span = min(cost_cfg.lookback, max(uptime, period))
+    coverage = min(1.0, round(len(samples) * period / span, 3))
+    if age > idle_cfg.max_staleness:
+        return _unmeasured(
+            f"newest GPU sample is {_minutes(age):g} min old (max_staleness "
+            f"{_minutes(idle_cfg.max_staleness):g} min)",
+            age_s=age.total_seconds(),
+            coverage=coverage,
+        )
+    if coverage < idle_cfg.min_coverage:
+        return _unmeasured(
+            f"GPU metrics cover {coverage:.0%} of the last {_minutes(span):g} min "
+            f"(need {idle_cfg.min_coverage:.0%})",
+            age_s=age.total_seconds(),
+            coverage=coverage,
+        )
+
+    utils = [s.gpu_util_pct for s in samples]
+    mems = [s.mem_used_mib for s in samples if s.mem_used_mib is not None]
+    mean_util = round(sum(utils) / len(utils), 2)
+    run = trailing_idle_run(
+        samples,
+        threshold_pct=idle_cfg.gpu_util_below,
+        released_below_mib=idle_cfg.released_below_mib,
+        period=period,
+        max_gap=max(idle_cfg.max_staleness, period * 2),
+    )
+    idle_minutes = _minutes(run.held)
+    hourly = price.hourly_price
+    wasted = round(run.held.total_seconds() / 3600 * hourly, 2) if hourly is not None else None
+
+    reasons: list[str] = []
+    if guard.problem:
+        reasons.append(guard.problem)
+    required_speedup: float | None = None
+    if price.premium is not None and mean_util > 0:
+        required_speedup = round(price.premium / (mean_util / 100), 2)
+
+    def build(verdict: Verdict, action: str, window: timedelta | None = None) -> Decision:
+        return Decision(
+            verdict=verdict,
+            reasons=tuple(reasons),
+            action=action,
+            idle_minutes=idle_minutes,
+            wasted_usd=wasted,
+            gpu_util_mean=mean_util,
+            gpu_util_max=max(utils),
+            gpu_mem_used_max_mib=max(mems) if mems else None,
+            metric_coverage=coverage,
+            newest_sample_age_s=age.total_seconds(),
+            required_speedup=required_speedup,
+            idle_window_minutes=_minutes(window) if window is not None else None,
+        )
+
+    threshold = f"{idle_cfg.gpu_util_below:g}%"
+    released_ok = run.released >= idle_cfg.window_released
+    held_ok = run.held >= idle_cfg.window
+    if released_ok or held_ok:
+        if uptime < idle_cfg.min_uptime:
+            reasons.append(
+                f"GPUs under {threshold} for {idle_minutes:g} min, but up only "
+                f"{_minutes(uptime):g} min (min_uptime {_minutes(idle_cfg.min_uptime):g} min)"
+            )
+        else:
+            window = idle_cfg.window_released if released_ok else idle_cfg.window
+            if released_ok:
+                reasons.append(
+                    f"every GPU under {threshold} with memory released for "
+                    f"{_minutes(run.released):g} min (window_released "
+                    f"{_minutes(idle_cfg.window_released):g} min): the job has ended"
+                )
+            else:
+                reasons.append(
+                    f"every GPU under {threshold} for {idle_minutes:g} min "
+                    f"(window {_minutes(idle_cfg.window):g} min)"
+                )
+            return build(Verdict.IDLE, _MODE_ACTION[config.mode], window)
+    elif idle_minutes > 0:
+        reasons.append(f"GPUs under {threshold} for the last {idle_minutes:g} min (not yet idle)")
+
+    expected, tag_problem = speedup_override(instance.tags)
+    if tag_problem:
+        reasons.append(tag_problem)
+    expected_speedup = expected if expected is not None else cost_cfg.expected_speedup
+    if price.premium is None:
+        reasons.append(f"cannot judge underuse: {price.reason or 'no price or CPU equivalent'}")
+        return build(Verdict.BUSY, "none")
+    low, high = cost_cfg.rule_of_thumb
+    needs = (
+        f"premium {price.premium:.2f}x over {price.cpu_equivalent.instance_type}"
+        if price.cpu_equivalent
+        else f"premium {price.premium:.2f}x"
+    )
+    if mean_util <= 0:
+        reasons.append(f"GPU unused over the lookback; {needs} buys nothing")
+        return build(Verdict.UNDERUSED, "report")
+    assert required_speedup is not None  # premium and mean_util > 0 are known here
+    if required_speedup > expected_speedup:
+        reasons.append(
+            f"mean GPU utilisation {mean_util:g}%: with {needs} the GPU must be "
+            f"{required_speedup:g}x faster than CPU to pay off, more than the expected "
+            f"{expected_speedup:g}x"
+        )
+        return build(Verdict.UNDERUSED, "report")
+    reasons.append(
+        f"mean GPU utilisation {mean_util:g}%, required speedup {required_speedup:g}x "
+        f"(rule of thumb {low:g}-{high:g}x premium)"
+    )
+    return build(Verdict.BUSY, "none")
