@@ -1,0 +1,77 @@
+"""One audit cycle: discover → utilisation → price → decide, for every configured provider.
+
+Shared by ``guardian audit``, the daemon, the demo and the benchmarks. It never acts: stopping
+is ``guardian.enforce``'s job, on the findings this returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import structlog
+
+from guardian.config import Config
+from guardian.model import Finding, GpuUtilisation
+from guardian.policy import decide
+from guardian.pricing import PriceCatalog, assess
+from guardian.providers import Provider, UnitError
+from guardian.series import sparkline_values
+
+__all__ = ["CycleResult", "audit_cycle"]
+
+log = structlog.get_logger(__name__)
+
+Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CycleResult:
+    generated_at: datetime
+    findings: tuple[Finding, ...]
+    errors: tuple[UnitError, ...] = ()
+
+
+def audit_cycle(
+    config: Config,
+    providers: Sequence[Provider],
+    catalog: PriceCatalog,
+    now: datetime,
+    progress: Progress | None = None,
+) -> CycleResult:
+    """Audit every provider once. A failing unit is logged and reported, never fatal."""
+    findings: list[Finding] = []
+    errors: list[UnitError] = []
+    start = now - config.cost.lookback
+    for provider in providers:
+        if progress:
+            progress(f"{provider.name}: discovering GPU instances")
+        discovery = provider.discover()
+        errors.extend(discovery.errors)
+        for error in discovery.errors:
+            log.warning(
+                "discovery_failed",
+                provider=error.provider,
+                account=error.account,
+                region=error.region,
+                operation=error.operation,
+                error=error.message,
+            )
+        if not discovery.instances:
+            continue
+        if progress:
+            progress(
+                f"{provider.name}: reading GPU metrics of {len(discovery.instances)} instances"
+            )
+        series = provider.utilisation(discovery.instances, start, now)
+        for instance in discovery.instances:
+            utilisation = series.get(instance.key) or GpuUtilisation(
+                error="the provider returned no metrics entry for this instance"
+            )
+            price = assess(catalog, instance)
+            decision = decide(instance, utilisation, price, config, now)
+            spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
+            findings.append(Finding(instance, price, decision, spark))
+    findings.sort(key=lambda f: (-(f.decision.wasted_usd or 0.0), f.instance.key))
+    return CycleResult(generated_at=now, findings=tuple(findings), errors=tuple(errors))
