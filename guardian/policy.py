@@ -139,7 +139,10 @@ def decide(
     period = timedelta(seconds=utilisation.period_s)
     age = now - samples[-1].at
     uptime = now - instance.launch_time
-    span = min(cost_cfg.lookback, max(uptime, period))
+    # Coverage is the density of samples from when measuring began (the lookback start, the
+    # launch, or an agent installed later) to now: gaps lower it, a recent install does not.
+    began = max(lookback_start, instance.launch_time, samples[0].at)
+    span = max(now - began + period, period)
     coverage = min(1.0, round(len(samples) * period / span, 3))
     if age > idle_cfg.max_staleness:
         return _unmeasured(

@@ -1,0 +1,113 @@
+"""``guardian audit``: one pass over the configured clouds, printed as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from guardian.commands.common import ConfigOption, SetOption
+from guardian.config import Config, load_config
+from guardian.cycle import CycleResult, audit_cycle
+from guardian.errors import GuardianError
+from guardian.model import Verdict
+
+__all__ = ["OutputFormat", "emit", "register", "run_audit"]
+
+
+class OutputFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    CSV = "csv"
+
+
+def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
+    """Discover, measure, price and decide once, with progress on stderr."""
+    from guardian.catalog import load_catalog
+    from guardian.providers.factory import build_providers
+
+    providers = build_providers(config)
+    if not providers:
+        raise GuardianError("no provider is enabled: set aws.enabled or gcp.enabled in the config")
+    catalog = load_catalog(config.state_dir)
+    status_console = Console(stderr=True)
+    try:
+        with status_console.status("auditing GPU instances…") as status:
+            return audit_cycle(
+                config,
+                providers,
+                catalog,
+                now or datetime.now(UTC),
+                progress=status.update,
+            )
+    finally:
+        for provider in providers:
+            provider.close()
+
+
+def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
+    """Data on stdout; unit failures as warning lines on stderr."""
+    from guardian.report import findings_csv, findings_json
+
+    errors = Console(stderr=True)
+    for error in result.errors:
+        errors.print(
+            f"[yellow]warning:[/] {error.provider} {error.account or ''} {error.region}: "
+            f"{error.operation} failed: {error.message}",
+            highlight=False,
+        )
+    if fmt is OutputFormat.JSON:
+        sys.stdout.write(json.dumps(findings_json(result, config), indent=2) + "\n")
+    elif fmt is OutputFormat.CSV:
+        sys.stdout.write(findings_csv(result))
+    else:
+        from guardian.render import print_audit
+
+        console = Console()
+        if not console.is_terminal:
+            console = Console(width=200)
+        print_audit(result, console)
+
+
+def audit(
+    config: ConfigOption = None,
+    region: Annotated[
+        list[str] | None,
+        typer.Option("--region", "-r", help="Only this AWS region (repeatable); GCP VMs filtered."),
+    ] = None,
+    output: Annotated[
+        OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
+    ] = OutputFormat.TABLE,
+    exit_code: Annotated[
+        bool, typer.Option("--exit-code", help="Exit 1 when any instance is idle.")
+    ] = False,
+    overrides: SetOption = None,
+) -> None:
+    """Audit every running GPU instance once: utilisation, cost, CPU equivalent, verdict."""
+    from guardian.providers.factory import restrict_regions
+
+    cfg, _path = load_config(config, overrides or ())
+    cfg = restrict_regions(cfg, region or ())
+    result = run_audit(cfg)
+    if region:
+        wanted = set(region)
+        kept = tuple(f for f in result.findings if f.instance.region in wanted)
+        result = CycleResult(result.generated_at, kept, result.errors)
+    if result.errors and not result.findings:
+        first = result.errors[0]
+        emit(result, cfg, output)
+        raise GuardianError(
+            f"nothing could be audited: {first.provider} {first.region}: {first.message}"
+        )
+    emit(result, cfg, output)
+    if exit_code and any(f.decision.verdict is Verdict.IDLE for f in result.findings):
+        raise typer.Exit(1)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("audit")(audit)

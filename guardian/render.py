@@ -1,0 +1,122 @@
+"""Rich rendering of an audit for people: the table, the sparkline and the totals line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from guardian.cycle import CycleResult
+from guardian.model import Finding, Verdict
+from guardian.report import totals
+
+__all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline"]
+
+VERDICT_STYLE = {
+    Verdict.IDLE: "bold red",
+    Verdict.UNDERUSED: "yellow",
+    Verdict.BUSY: "green",
+    Verdict.UNMEASURED: "magenta",
+    Verdict.PROTECTED: "cyan",
+}
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """0–100 % as eight bar heights; a gap (no sample) is a middle dot, never a zero bar."""
+    chars = []
+    for value in values:
+        if value is None:
+            chars.append("·")
+        else:
+            clamped = min(100.0, max(0.0, value))
+            chars.append(_BARS[min(len(_BARS) - 1, int(clamped / 100 * len(_BARS)))])
+    return "".join(chars)
+
+
+def _money(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"${value:,.{digits}f}"
+
+
+def _num(value: float | None, fmt: str = "{:g}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _row(finding: Finding) -> list[str | Text]:
+    inst, price, decision = finding.instance, finding.price, finding.decision
+    gpus = f"{inst.gpu_count}× {inst.gpu_model}" if inst.gpu_model else f"{inst.gpu_count} GPU"
+    lifecycle = "" if inst.lifecycle.value == "on-demand" else f" ({inst.lifecycle.value})"
+    equivalent = (
+        f"{price.cpu_equivalent.instance_type} {_money(price.cpu_equivalent.hourly_price, 3)}"
+        if price.cpu_equivalent
+        else "—"
+    )
+    util = (
+        "—"
+        if decision.gpu_util_mean is None
+        else f"{decision.gpu_util_mean:.0f}/{decision.gpu_util_max or 0:.0f}"
+    )
+    reasons = list(decision.reasons) + ([price.reason] if price.reason else [])
+    return [
+        Text(f"{inst.name or '—'}\n{inst.instance_id}"),
+        f"{inst.account}\n{inst.region}",
+        f"{inst.instance_type}{lifecycle}\n{gpus}",
+        Text(decision.verdict.value, style=VERDICT_STYLE[decision.verdict]),
+        util,
+        sparkline(finding.sparkline[-30:]) if finding.sparkline else "",
+        _num(decision.idle_minutes, "{:.0f}"),
+        _money(price.hourly_price, 3),
+        equivalent,
+        _num(price.premium, "{:.1f}×"),
+        _num(decision.required_speedup, "{:.1f}×"),
+        _money(decision.wasted_usd),
+        reasons[0] if reasons else "",
+    ]
+
+
+def audit_table(result: CycleResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAVY, show_lines=False, header_style="bold", expand=False)
+    for header, justify in (
+        ("Instance", "left"),
+        ("Account / region", "left"),
+        ("Type / GPUs", "left"),
+        ("Verdict", "left"),
+        ("GPU % mean/max", "right"),
+        ("Last hour", "left"),
+        ("Idle min", "right"),
+        ("$/h", "right"),
+        ("CPU equivalent", "left"),
+        ("Premium", "right"),
+        ("Needs", "right"),
+        ("Wasted", "right"),
+        ("Why", "left"),
+    ):
+        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+    for finding in result.findings:
+        table.add_row(*_row(finding))
+    return table
+
+
+def totals_line(result: CycleResult) -> str:
+    total = totals(result.findings)
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in total.by_verdict.items() if n)
+    unpriced = f" ({total.unpriced} unpriced, not in the sums)" if total.unpriced else ""
+    return (
+        f"{total.instances} GPU instances{unpriced} · burn {_money(total.hourly_burn_usd)}/h · "
+        f"idle burn {_money(total.idle_burn_usd_per_hour)}/h · projected monthly waste "
+        f"{_money(total.projected_monthly_waste_usd, 0)} · {counts or 'nothing found'}"
+    )
+
+
+def print_audit(result: CycleResult, console: Console) -> None:
+    if result.findings:
+        console.print(audit_table(result))
+    console.print(totals_line(result))
+    console.print(
+        "Needs = how many times faster than its CPU equivalent the GPU must be at its measured "
+        "utilisation to pay off (rule of thumb: 2–3× premium at full use).",
+        style="dim",
+    )

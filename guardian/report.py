@@ -1,0 +1,187 @@
+"""Turn a cycle's findings into the contract's JSON, CSV rows, and totals. No rich here.
+
+``findings_json`` is the exact shape DESIGN.md promises to other tools; unknown numbers are
+``null``, never a made-up value.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from guardian.config import Config
+from guardian.cycle import CycleResult
+from guardian.model import Finding, Verdict
+
+__all__ = [
+    "CSV_COLUMNS",
+    "HOURS_PER_MONTH",
+    "Totals",
+    "finding_json",
+    "findings_csv",
+    "findings_json",
+    "totals",
+]
+
+HOURS_PER_MONTH = 730  # AWS and GCP both bill a month as 730 hours
+
+
+@dataclass(frozen=True)
+class Totals:
+    instances: int
+    hourly_burn_usd: float
+    idle_burn_usd_per_hour: float
+    projected_monthly_waste_usd: float
+    by_verdict: dict[str, int]
+    unpriced: int  # instances whose price is unknown: not in the sums
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "instances": self.instances,
+            "hourly_burn_usd": self.hourly_burn_usd,
+            "idle_burn_usd_per_hour": self.idle_burn_usd_per_hour,
+            "projected_monthly_waste_usd": self.projected_monthly_waste_usd,
+            "by_verdict": self.by_verdict,
+        }
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def totals(findings: Sequence[Finding]) -> Totals:
+    """Sums over priced instances; the idle burn is what idle instances cost each hour."""
+    prices = [f.price.hourly_price for f in findings]
+    idle = [
+        f.price.hourly_price
+        for f in findings
+        if f.decision.verdict is Verdict.IDLE and f.price.hourly_price is not None
+    ]
+    counts = Counter(f.decision.verdict.value for f in findings)
+    idle_burn = round(sum(idle), 2)
+    return Totals(
+        instances=len(findings),
+        hourly_burn_usd=round(sum(p for p in prices if p is not None), 2),
+        idle_burn_usd_per_hour=idle_burn,
+        projected_monthly_waste_usd=round(idle_burn * HOURS_PER_MONTH, 2),
+        by_verdict={v.value: counts.get(v.value, 0) for v in Verdict},
+        unpriced=sum(1 for p in prices if p is None),
+    )
+
+
+def finding_json(finding: Finding) -> dict[str, Any]:
+    inst, price, decision = finding.instance, finding.price, finding.decision
+    equivalent = price.cpu_equivalent
+    return {
+        "provider": inst.provider,
+        "account": inst.account,
+        "region": inst.region,
+        "zone": inst.zone,
+        "instance_id": inst.instance_id,
+        "name": inst.name,
+        "instance_type": inst.instance_type,
+        "gpu_count": inst.gpu_count,
+        "gpu_model": inst.gpu_model,
+        "launch_time": _iso(inst.launch_time),
+        "lifecycle": inst.lifecycle.value,
+        "owner": inst.owner,
+        "tags": dict(inst.tags),
+        "gpu_util_mean": decision.gpu_util_mean,
+        "gpu_util_max": decision.gpu_util_max,
+        "gpu_mem_used_max_mib": decision.gpu_mem_used_max_mib,
+        "idle_minutes": decision.idle_minutes,
+        "metric_coverage": decision.metric_coverage,
+        "hourly_price": price.hourly_price,
+        "price_source": price.price_source,
+        "cpu_equivalent": (
+            {"instance_type": equivalent.instance_type, "hourly_price": equivalent.hourly_price}
+            if equivalent
+            else {"instance_type": None, "hourly_price": None}
+        ),
+        "premium": price.premium,
+        "required_speedup": decision.required_speedup,
+        "verdict": decision.verdict.value,
+        "reasons": list(decision.reasons) + ([price.reason] if price.reason else []),
+        "wasted_usd": decision.wasted_usd,
+        "action": decision.action,
+    }
+
+
+def effective_thresholds(config: Config) -> dict[str, Any]:
+    """The part of the config that decided the verdicts, as the JSON output's ``config``."""
+    data = config.model_dump(mode="json", include={"mode", "dry_run", "idle", "cost", "limits"})
+    data["metrics"] = {
+        "aws": config.aws.metrics.model_dump(mode="json"),
+        "gcp": config.gcp.metrics.model_dump(mode="json"),
+    }
+    return data
+
+
+def findings_json(result: CycleResult, config: Config) -> dict[str, Any]:
+    """The ``guardian audit --format json`` document. ``errors`` extends the contract."""
+    return {
+        "generated_at": _iso(result.generated_at),
+        "config": effective_thresholds(config),
+        "findings": [finding_json(f) for f in result.findings],
+        "totals": totals(result.findings).as_json(),
+        "errors": [
+            {
+                "provider": e.provider,
+                "account": e.account,
+                "region": e.region,
+                "operation": e.operation,
+                "message": e.message,
+            }
+            for e in result.errors
+        ],
+    }
+
+
+CSV_COLUMNS = (
+    "provider",
+    "account",
+    "region",
+    "zone",
+    "instance_id",
+    "name",
+    "instance_type",
+    "gpu_count",
+    "gpu_model",
+    "launch_time",
+    "lifecycle",
+    "owner",
+    "gpu_util_mean",
+    "gpu_util_max",
+    "gpu_mem_used_max_mib",
+    "idle_minutes",
+    "metric_coverage",
+    "hourly_price",
+    "price_source",
+    "cpu_equivalent_type",
+    "cpu_equivalent_hourly_price",
+    "premium",
+    "required_speedup",
+    "verdict",
+    "wasted_usd",
+    "action",
+    "reasons",
+)
+
+
+def findings_csv(result: CycleResult) -> str:
+    """One row per finding; empty cells for unknown numbers; reasons joined by ``; ``."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for finding in result.findings:
+        row = finding_json(finding)
+        row["cpu_equivalent_type"] = row["cpu_equivalent"]["instance_type"]
+        row["cpu_equivalent_hourly_price"] = row["cpu_equivalent"]["hourly_price"]
+        row["reasons"] = "; ".join(row["reasons"])
+        writer.writerow({k: "" if v is None else v for k, v in row.items()})
+    return out.getvalue()

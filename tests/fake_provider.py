@@ -1,0 +1,84 @@
+"""An in-memory Provider built from plain data: tests policy, cycle, report and enforcement
+without a cloud. It implements our own protocol; the real providers are tested against moto and
+the GCP fakes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+
+from guardian.model import GpuInstance, GpuSample, GpuUtilisation
+from guardian.providers import Discovery, StopResult, UnitError
+
+NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def make_instance(instance_id: str = "i-1", **changes: object) -> GpuInstance:
+    base = GpuInstance(
+        provider="aws",
+        account="123456789012",
+        region="us-east-1",
+        zone="us-east-1a",
+        instance_id=instance_id,
+        instance_type="g5.xlarge",
+        launch_time=NOW - timedelta(days=2),
+        gpu_count=1,
+        gpu_model="A10G",
+        name=f"name-{instance_id}",
+    )
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+def flat_samples(
+    util: float,
+    minutes: int,
+    *,
+    mem_mib: float | None = 20000.0,
+    end: datetime = NOW,
+    period_s: int = 60,
+) -> tuple[GpuSample, ...]:
+    """``minutes`` one-per-period samples of constant utilisation ending at ``end``."""
+    count = minutes * 60 // period_s
+    return tuple(
+        GpuSample(
+            at=end - timedelta(seconds=period_s * (count - 1 - i)),
+            gpu_util_pct=util,
+            mem_used_mib=mem_mib,
+        )
+        for i in range(count)
+    )
+
+
+@dataclass
+class FakeProvider:
+    instances: list[GpuInstance]
+    samples: dict[str, tuple[GpuSample, ...]] = field(default_factory=dict)
+    errors: list[UnitError] = field(default_factory=list)
+    name: str = "aws"
+    stopped: list[str] = field(default_factory=list)
+    utilisation_calls: int = 0
+
+    def discover(self) -> Discovery:
+        return Discovery(tuple(self.instances), tuple(self.errors))
+
+    def utilisation(
+        self, instances: Sequence[GpuInstance], start: datetime, end: datetime
+    ) -> dict[str, GpuUtilisation]:
+        self.utilisation_calls += 1
+        result = {}
+        for instance in instances:
+            series = tuple(s for s in self.samples.get(instance.key, ()) if start <= s.at <= end)
+            result[instance.key] = (
+                GpuUtilisation(series, 60, instance.gpu_count)
+                if series
+                else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
+            )
+        return result
+
+    def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
+        self.stopped.append(instance.key)
+        return StopResult(instance.key, True, "hibernate" if hibernate else "stop")
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,121 @@
+"""The audit's JSON contract, CSV, totals and table, over a FakeProvider fleet."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+from rich.console import Console
+
+from guardian.config import Config
+from guardian.cycle import audit_cycle
+from guardian.model import Verdict
+from guardian.pricing import PriceCatalog, TypePrice
+from guardian.render import print_audit, sparkline
+from guardian.report import HOURS_PER_MONTH, findings_csv, findings_json
+from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
+
+CATALOG = PriceCatalog(
+    types={
+        "aws": {
+            "us-east-1": {
+                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
+                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
+                "c7i.xlarge": TypePrice("c7i.xlarge", 4, 8, 0, None, 0.1785),
+            }
+        }
+    },
+    source={"aws": "catalog 2026-11-01"},
+)
+
+FINDING_KEYS = {
+    "provider", "account", "region", "zone", "instance_id", "name", "instance_type", "gpu_count",
+    "gpu_model", "launch_time", "lifecycle", "owner", "tags", "gpu_util_mean", "gpu_util_max",
+    "gpu_mem_used_max_mib", "idle_minutes", "metric_coverage", "hourly_price", "price_source",
+    "cpu_equivalent", "premium", "required_speedup", "verdict", "reasons", "wasted_usd", "action",
+}  # fmt: skip
+
+
+def fleet() -> FakeProvider:
+    idle = make_instance("i-idle")
+    busy = make_instance("i-busy")
+    dark = make_instance("i-dark")
+    unpriced = make_instance("i-odd", instance_type="x9.weird")
+    samples = {
+        idle.key: flat_samples(90, 600, end=NOW - __import__("datetime").timedelta(hours=2))
+        + flat_samples(0, 120, mem_mib=0),
+        busy.key: flat_samples(95, 24 * 60),
+        unpriced.key: flat_samples(0, 180, mem_mib=0),
+    }
+    return FakeProvider([idle, busy, dark, unpriced], samples)
+
+
+def run() -> tuple[Config, object]:
+    config = Config()
+    return config, audit_cycle(config, [fleet()], CATALOG, NOW)
+
+
+def test_json_contract() -> None:
+    config, result = run()
+    document = json.loads(json.dumps(findings_json(result, config)))  # type: ignore[arg-type]
+    assert set(document) >= {"generated_at", "config", "findings", "totals"}
+    assert document["generated_at"] == "2026-11-26T12:00:00Z"
+    for finding in document["findings"]:
+        assert set(finding) == FINDING_KEYS
+        assert set(finding["cpu_equivalent"]) == {"instance_type", "hourly_price"}
+    by_id = {f["instance_id"]: f for f in document["findings"]}
+    assert by_id["i-idle"]["verdict"] == "idle"
+    assert by_id["i-idle"]["cpu_equivalent"] == {
+        "instance_type": "m7i.xlarge",
+        "hourly_price": 0.2016,
+    }
+    assert by_id["i-idle"]["premium"] == round(1.006 / 0.2016, 2)
+    assert by_id["i-idle"]["wasted_usd"] == round(2 * 1.006, 2)
+    assert by_id["i-busy"]["verdict"] == "busy"
+    assert by_id["i-dark"]["verdict"] == "unmeasured"
+    assert by_id["i-dark"]["gpu_util_mean"] is None
+    odd = by_id["i-odd"]
+    assert odd["hourly_price"] is None and odd["premium"] is None and odd["wasted_usd"] is None
+    assert any("no price for x9.weird" in r for r in odd["reasons"])
+    # sorted by money wasted, most first
+    assert document["findings"][0]["instance_id"] == "i-idle"
+    totals = document["totals"]
+    assert totals["instances"] == 4
+    assert totals["hourly_burn_usd"] == round(3 * 1.006, 2)
+    assert totals["idle_burn_usd_per_hour"] == 1.01
+    assert totals["projected_monthly_waste_usd"] == round(1.01 * HOURS_PER_MONTH, 2)
+    assert totals["by_verdict"] == {
+        "idle": 2, "underused": 0, "busy": 1, "unmeasured": 1, "protected": 0,
+    }  # fmt: skip
+
+
+def test_csv_has_a_row_per_finding() -> None:
+    _config, result = run()
+    rows = list(csv.DictReader(io.StringIO(findings_csv(result))))  # type: ignore[arg-type]
+    assert len(rows) == 4
+    dark = next(r for r in rows if r["instance_id"] == "i-dark")
+    assert dark["gpu_util_mean"] == "" and dark["verdict"] == "unmeasured"
+
+
+def test_table_shows_every_instance_and_totals() -> None:
+    _config, result = run()
+    console = Console(width=250, record=True)
+    print_audit(result, console)  # type: ignore[arg-type]
+    text = console.export_text()
+    for instance_id in ("i-idle", "i-busy", "i-dark", "i-odd"):
+        assert instance_id in text
+    assert "4 GPU instances (1 unpriced, not in the sums)" in text
+    assert "idle burn $1.01/h" in text
+
+
+def test_sparkline_never_draws_a_gap_as_zero() -> None:
+    assert sparkline([0.0, None, 100.0, 50.0]) == "▁·█▅"
+
+
+def test_idle_instance_sparkline_covers_last_hour() -> None:
+    _config, result = run()
+    idle = next(f for f in result.findings if f.instance.instance_id == "i-idle")  # type: ignore[attr-defined]
+    assert len(idle.sparkline) == 60
+    assert all(v == 0 for v in idle.sparkline)
+    assert idle.decision.verdict is Verdict.IDLE
