@@ -72,6 +72,11 @@ class IdleConfig(_Section):
     # Extension: the share of the lookback (or of the uptime, if shorter) that must have samples
     # before any verdict other than `unmeasured` is given.
     min_coverage: float = Field(0.5, gt=0, le=1)
+    # Extension (guardian.policy_history): signals from the instance's own lookback that may
+    # only lengthen the wait. Wait this multiple of its longest pause that ended in work (0 = off)
+    history_margin: float = Field(2.0, ge=0)
+    # ... and at least this long when it works in repeated bursts, a service or notebook (0s = off)
+    window_bursty: Duration = timedelta(hours=4)
 
 
 class CostConfig(_Section):
@@ -270,15 +275,17 @@ def load_config(
 
 
 def mask_secret_url(url: str) -> str:
-    """``slack://T1/B2/secret`` → ``slack://T1/***``: keep what identifies the channel only."""
+    """``slack://T1/B2/secret`` → ``slack://T1/***``: keep what identifies the channel only.
+
+    The user name and password, every path segment and the query may carry a token, so only
+    the scheme and the host (with its port) survive.
+    """
     parts = urlsplit(url)
     if not parts.scheme:
         return "***"
-    host = parts.hostname or ""
-    if parts.username and not parts.password and "@" in parts.netloc:
-        host = f"{parts.username}@{host}" if parts.scheme.startswith("mailto") else host
-    masked_path = "/***" if parts.path.strip("/") or parts.query or parts.password else ""
-    return f"{parts.scheme}://{host}{masked_path}"
+    host = parts.netloc.rsplit("@", 1)[-1]
+    hidden = parts.path.strip("/") or parts.query or "@" in parts.netloc
+    return f"{parts.scheme}://{host}{'/***' if hidden else ''}"
 
 
 def masked_dump(config: Config) -> dict[str, Any]:

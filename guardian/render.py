@@ -66,7 +66,7 @@ def _row(finding: Finding) -> list[str | Text]:
         f"{inst.instance_type}{lifecycle}\n{gpus}",
         Text(decision.verdict.value, style=VERDICT_STYLE[decision.verdict]),
         util,
-        sparkline(finding.sparkline[-30:]) if finding.sparkline else "",
+        sparkline(finding.sparkline) if finding.sparkline else "",
         _num(decision.idle_minutes, "{:.0f}"),
         _money(price.hourly_price, 3),
         equivalent,
@@ -94,7 +94,15 @@ def audit_table(result: CycleResult) -> Table:
         ("Wasted", "right"),
         ("Why", "left"),
     ):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        # Only "Why" wraps: every other cell is short, and squeezing them makes numbers unreadable.
+        wraps = header == "Why"
+        table.add_column(
+            header,
+            justify=justify,  # type: ignore[arg-type]
+            no_wrap=not wraps,
+            min_width=36 if wraps else None,
+            overflow="fold" if wraps else "ellipsis",
+        )
     for finding in result.findings:
         table.add_row(*_row(finding))
     return table

@@ -50,8 +50,8 @@ def reduce_gpu_series(
 def sparkline_values(
     samples: Sequence[GpuSample], now: datetime, period_s: int, minutes: int = 60
 ) -> tuple[float | None, ...]:
-    """The last ``minutes`` of utilisation in buckets of ``period_s`` (at most 60); None = gap."""
-    bucket_s = max(period_s, minutes * 60 // 60)
+    """The last ``minutes`` of utilisation in at most 30 buckets (max per bucket); None = gap."""
+    bucket_s = max(period_s, minutes * 60 // 30)  # 30 characters: one per two minutes
     buckets = max(1, minutes * 60 // bucket_s)
     start = now - timedelta(seconds=buckets * bucket_s)
     values: list[float | None] = [None] * buckets

@@ -167,4 +167,4 @@ def test_secrets_are_masked() -> None:
     dumped = str(masked_dump(config))
     for secret in ("abcdefSECRET", "hunter2", "xyz", "pw@db"):
         assert secret not in dumped
-    assert mask_secret_url("json://127.0.0.1:8080/hook") == "json://127.0.0.1/***"
+    assert mask_secret_url("json://127.0.0.1:8080/hook") == "json://127.0.0.1:8080/***"

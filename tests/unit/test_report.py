@@ -116,6 +116,6 @@ def test_sparkline_never_draws_a_gap_as_zero() -> None:
 def test_idle_instance_sparkline_covers_last_hour() -> None:
     _config, result = run()
     idle = next(f for f in result.findings if f.instance.instance_id == "i-idle")  # type: ignore[attr-defined]
-    assert len(idle.sparkline) == 60
+    assert len(idle.sparkline) == 30
     assert all(v == 0 for v in idle.sparkline)
     assert idle.decision.verdict is Verdict.IDLE

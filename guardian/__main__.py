@@ -1,0 +1,5 @@
+"""``python -m guardian`` is the ``guardian`` command."""
+
+from guardian.cli import main
+
+main()
