@@ -9,10 +9,20 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Literal
 
 from guardian.model import CpuEquivalent, GpuInstance, PriceAssessment
 
-__all__ = ["PriceCatalog", "TypePrice", "assess", "cpu_equivalent"]
+__all__ = [
+    "PriceCatalog",
+    "RuleOfThumb",
+    "TypePrice",
+    "assess",
+    "cpu_equivalent",
+    "rule_of_thumb_reading",
+]
+
+RuleOfThumb = Literal["below", "within", "above"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,7 @@ class TypePrice:
     gpus: int = 0
     gpu_model: str | None = None
     hourly_usd: float | None = None  # None: shape known, price not (e.g. N1 priced per part)
+    gpu_memory_gib: float | None = None  # per GPU; display only
 
 
 @dataclass(frozen=True)
@@ -35,9 +46,17 @@ class PriceCatalog:
     # provider → region → accelerator type (e.g. nvidia-tesla-t4) → USD per GPU-hour
     accelerators: Mapping[str, Mapping[str, Mapping[str, float]]] = field(default_factory=dict)
     source: Mapping[str, str] = field(default_factory=dict)  # provider → "catalog 2026-11-01"
+    # provider → region → type → source, where an entry came from elsewhere than ``source``
+    # (a refreshed cache overrides the embedded catalog type by type).
+    type_sources: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
 
     def lookup(self, provider: str, region: str, instance_type: str) -> TypePrice | None:
         return self.types.get(provider, {}).get(region, {}).get(instance_type)
+
+    def source_of(self, provider: str, region: str, instance_type: str) -> str | None:
+        """Where this one price came from: the entry's own source, else the provider's."""
+        specific = self.type_sources.get(provider, {}).get(region, {}).get(instance_type)
+        return specific or self.source.get(provider)
 
 
 def cpu_equivalent(
@@ -75,24 +94,28 @@ def _instance_hourly(
 
 def assess(catalog: PriceCatalog, instance: GpuInstance) -> PriceAssessment:
     """Price, CPU equivalent and premium of one instance; None with a reason where unknown."""
-    source = catalog.source.get(instance.provider)
+    source = catalog.source_of(instance.provider, instance.region, instance.instance_type)
     entry = catalog.lookup(instance.provider, instance.region, instance.instance_type)
     if entry is None:
+        known_region = instance.region in catalog.types.get(instance.provider, {})
         return PriceAssessment(
             None,
             None,
             None,
             None,
-            f"no price for {instance.instance_type} in {instance.region} in the catalog",
+            f"no price for {instance.instance_type} in {instance.region} in the catalog"
+            if known_region
+            else f"no {instance.provider} prices for region {instance.region} in the catalog",
         )
     hourly = _instance_hourly(catalog, instance, entry)
     if hourly is None:
+        missing = (
+            instance.instance_type
+            if entry.hourly_usd is None
+            else (instance.gpu_model or "its GPU")
+        )
         return PriceAssessment(
-            None,
-            None,
-            None,
-            None,
-            f"no price for {instance.gpu_model or 'its GPU'} in {instance.region} in the catalog",
+            None, None, None, None, f"no price for {missing} in {instance.region} in the catalog"
         )
     equivalent = cpu_equivalent(
         catalog, instance.provider, instance.region, entry.vcpus, entry.memory_gib
@@ -108,3 +131,12 @@ def assess(catalog: PriceCatalog, instance: GpuInstance) -> PriceAssessment:
         )
     premium = round(hourly / equivalent.hourly_price, 2)
     return PriceAssessment(hourly, source, equivalent, premium)
+
+
+def rule_of_thumb_reading(premium: float | None, low: float, high: float) -> RuleOfThumb | None:
+    """Where a premium falls against the 2–3× rule: below, within or above [low, high]."""
+    if premium is None:
+        return None
+    if premium < low:
+        return "below"
+    return "within" if premium <= high else "above"
