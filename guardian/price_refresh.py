@@ -276,16 +276,14 @@ class AwsPricingSource:
 def source_for(provider: str, config: Config) -> PriceSource:
     """The price API of ``provider``, built from the config (credentials, endpoints).
 
-    GCP's Cloud Billing Catalog source plugs in here (``gcp.credentials``,
-    ``gcp.billing_endpoint``); until then ``--provider gcp`` says it is not available.
+    GCP's is the Cloud Billing Catalog (``gcp.credentials``, ``gcp.billing_endpoint``).
     """
     if provider == "aws":
         return AwsPricingSource.from_environment()
     if provider == "gcp":
-        raise GuardianError(
-            "prices refresh: GCP (Cloud Billing Catalog) is not available yet; "
-            "the embedded GCP catalog is used"
-        )
+        from guardian.price_refresh_gcp import GcpCatalogSource
+
+        return GcpCatalogSource.from_config(config.gcp)
     raise GuardianError(f"prices refresh: unknown provider {provider!r}; use aws or gcp")
 
 

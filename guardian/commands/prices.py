@@ -163,12 +163,10 @@ def _age_note(source_labels: list[str], today: date, provider: str) -> str | Non
     age = (today - min(dates)).days
     if age <= STALE_AFTER_DAYS:
         return None
-    hint = (
-        "`guardian prices refresh` updates them"
-        if provider == "aws"
-        else "GCP refresh is not available yet"
+    return (
+        f"the oldest of these prices is {age} days old; "
+        f"`guardian prices refresh --provider {provider}` updates them"
     )
-    return f"the oldest of these prices is {age} days old; {hint}"
 
 
 def _reading(value: str | None, low: float, high: float) -> str:

@@ -494,9 +494,12 @@ def test_no_credentials_is_an_auth_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
         source.fetch_region("us-east-1", NOW)
 
 
-def test_gcp_refresh_is_a_clear_not_yet() -> None:
-    with pytest.raises(GuardianError, match="not available yet"):
-        source_for("gcp", parse_config({}))
+def test_each_provider_has_its_price_source() -> None:
+    from guardian.price_refresh_gcp import GcpCatalogSource
+
+    gcp = source_for("gcp", parse_config({"gcp": {"credentials": "anonymous"}}))
+    assert isinstance(gcp, GcpCatalogSource)
+    gcp.close()
     with pytest.raises(GuardianError, match="unknown provider"):
         source_for("azure", parse_config({}))
 

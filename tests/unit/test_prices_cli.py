@@ -300,10 +300,27 @@ def test_refresh_access_denied_is_one_line(state: Path, stubber: Stubber) -> Non
     assert not (state / CACHE_FILENAME).exists()
 
 
-def test_refresh_gcp_is_not_yet_available(state: Path) -> None:
-    result = run("refresh", "--provider", "gcp")
-    assert isinstance(result.exception, GuardianError)
-    assert "not available yet" in str(result.exception)
+def test_refresh_gcp_reads_the_billing_catalog(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.fakes.gcp_billing import FakeBillingServer
+
+    billing = FakeBillingServer().start()
+    try:
+        state_dir = tmp_path / "state"
+        config = tmp_path / "guardian.yaml"
+        config.write_text(
+            f"state_dir: {state_dir}\n"
+            "gcp: {enabled: true, projects: [p], credentials: anonymous, "
+            f"billing_endpoint: '{billing.endpoint}'}}\n"
+        )
+        monkeypatch.setenv("GUARDIAN_CONFIG", str(config))
+        result = run("refresh", "--provider", "gcp", "--region", "us-central1")
+    finally:
+        billing.stop()
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert (state_dir / CACHE_FILENAME).exists()
+    assert any(c.method == "ListSkus" for c in billing.state.calls)
 
 
 def test_importing_the_command_loads_no_cloud_sdk() -> None:
