@@ -1,14 +1,19 @@
 """The verdict rules of DESIGN.md as one pure function, ``decide``.
 
 No clock (``now`` is an argument), no I/O, no cloud SDK: the daemon, the audit, the agent, the
-demo and the backtest all call this same function, so a backtest tests the real policy.
+demo and the backtest all call this same function, so a backtest tests the real policy. The
+instance's own history (``guardian.policy_history``) may lengthen the idle wait, never shorten it.
 """
 
 from __future__ import annotations
 
+import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
+from operator import attrgetter, is_not
 
 from guardian.config import Config, Mode
 from guardian.model import (
@@ -19,11 +24,16 @@ from guardian.model import (
     PriceAssessment,
     Verdict,
 )
+from guardian.policy_history import IdleWaits, idle_waits, pause_history, released
 from guardian.tags import protection, speedup_override
 
 __all__ = ["IdleRun", "decide", "trailing_idle_run"]
 
 _MODE_ACTION = {Mode.AUDIT: "report", Mode.NOTIFY: "notify", Mode.ENFORCE: "stop"}
+_AT = attrgetter("at")
+_UTIL = attrgetter("gpu_util_pct")
+_MEM = attrgetter("mem_used_mib")
+_KNOWN = partial(is_not, None)
 
 
 @dataclass(frozen=True)
@@ -32,14 +42,7 @@ class IdleRun:
 
     held: timedelta  # every GPU under the threshold
     released: timedelta  # ... and GPU memory released (or no compute process) throughout
-
-
-def _released(sample: GpuSample, released_below_mib: float) -> bool:
-    if sample.processes is not None:
-        return sample.processes == 0 and (
-            sample.mem_used_mib is None or sample.mem_used_mib < released_below_mib
-        )
-    return sample.mem_used_mib is not None and sample.mem_used_mib < released_below_mib
+    samples: int = 0  # samples in the held run, to tell a measured stretch from a sparse one
 
 
 def trailing_idle_run(
@@ -53,7 +56,8 @@ def trailing_idle_run(
     """How long every GPU has been under the threshold, counting back from the newest sample.
 
     The run stops at a sample at or above the threshold, at an incomplete sample (a GPU did not
-    report: it may have been working) and at a gap longer than ``max_gap`` (no data is not idle).
+    report: it may have been working), at a value that is not a percentage (NaN, negative), at
+    samples out of time order and at a gap longer than ``max_gap`` (no data is not idle).
     Each sample stands for one ``period``, so ten one-minute samples are ten idle minutes.
     """
     if not samples:
@@ -63,20 +67,48 @@ def trailing_idle_run(
     released_start: datetime | None = None
     released_open = True
     later: datetime | None = None
+    count = 0
     for sample in reversed(samples):
-        if later is not None and later - sample.at > max_gap:
+        if later is not None and not timedelta(0) <= later - sample.at <= max_gap:
             break
-        if not sample.complete or sample.gpu_util_pct >= threshold_pct:
+        # Written so that NaN fails the test: NaN compares false with everything.
+        if not sample.complete or not 0.0 <= sample.gpu_util_pct < threshold_pct:
             break
         held_start = sample.at
-        if released_open and _released(sample, released_below_mib):
+        count += 1
+        if released_open and released(sample, released_below_mib):
             released_start = sample.at
         else:
             released_open = False
         later = sample.at
     held = newest - held_start + period if held_start is not None else timedelta(0)
-    released = newest - released_start + period if released_start is not None else timedelta(0)
-    return IdleRun(held, released)
+    released_run = newest - released_start + period if released_start is not None else timedelta(0)
+    return IdleRun(held, released_run, count)
+
+
+def _in_lookback(
+    samples: tuple[GpuSample, ...], start: datetime, end: datetime
+) -> tuple[GpuSample, ...]:
+    """The samples with ``start <= at <= end``, oldest first.
+
+    Providers deliver samples oldest first; checking that costs C-level passes, after which two
+    bisections replace a Python-level filter (this runs once per instance per poll).
+    """
+    times = list(map(_AT, samples))
+    ordered = sorted(times)  # timsort on sorted input is one pass of comparisons
+    if ordered != times:
+        samples = tuple(sorted(samples, key=_AT))
+        times = ordered
+    return samples[bisect_left(times, start) : bisect_right(times, end)]
+
+
+def _waits(samples: Sequence[GpuSample], config: Config) -> IdleWaits:
+    """The idle waits for this instance: the configured ones, lengthened by its own history."""
+    idle = config.idle
+    history = pause_history(
+        samples, threshold_pct=idle.gpu_util_below, released_below_mib=idle.released_below_mib
+    )
+    return idle_waits(history, idle)
 
 
 def _minutes(delta: timedelta) -> float:
@@ -130,7 +162,7 @@ def decide(
     if utilisation.error:
         return _unmeasured(utilisation.error)
     lookback_start = now - cost_cfg.lookback
-    samples = tuple(s for s in utilisation.samples if lookback_start <= s.at <= now)
+    samples = _in_lookback(utilisation.samples, lookback_start, now)
     if not samples:
         return _unmeasured(
             "no GPU metrics in the lookback: is the GPU agent (CloudWatch agent nvidia_smi, "
@@ -159,12 +191,25 @@ def decide(
             coverage=coverage,
         )
 
-    utils = [s.gpu_util_pct for s in samples]
-    mems = [s.mem_used_mib for s in samples if s.mem_used_mib is not None]
-    mean_util = round(sum(utils) / len(utils), 2)
+    # map/attrgetter/filter keep these passes in C: decide runs per instance per poll.
+    utils = list(map(_UTIL, samples))
+    total = sum(utils)
+    if not math.isfinite(total):  # a NaN or infinite reading is no reading: keep it out of means
+        utils = [u for u in utils if math.isfinite(u)]
+        if not utils:
+            return _unmeasured(
+                "no GPU reading in the lookback is a number (NaN or infinite values only)",
+                age_s=age.total_seconds(),
+                coverage=coverage,
+            )
+        total = sum(utils)
+    mems = list(map(_MEM, samples))
+    mem_max = max(mems) if None not in mems else max(filter(_KNOWN, mems), default=None)
+    mean_util = round(total / len(utils), 2)
+    threshold_pct = idle_cfg.gpu_util_below
     run = trailing_idle_run(
         samples,
-        threshold_pct=idle_cfg.gpu_util_below,
+        threshold_pct=threshold_pct,
         released_below_mib=idle_cfg.released_below_mib,
         period=period,
         max_gap=max(idle_cfg.max_staleness, period * 2),
@@ -189,38 +234,65 @@ def decide(
             wasted_usd=wasted,
             gpu_util_mean=mean_util,
             gpu_util_max=max(utils),
-            gpu_mem_used_max_mib=max(mems) if mems else None,
+            gpu_mem_used_max_mib=mem_max,
             metric_coverage=coverage,
             newest_sample_age_s=age.total_seconds(),
             required_speedup=required_speedup,
             idle_window_minutes=_minutes(window) if window is not None else None,
         )
 
-    threshold = f"{idle_cfg.gpu_util_below:g}%"
-    released_ok = run.released >= idle_cfg.window_released
-    held_ok = run.held >= idle_cfg.window
-    if released_ok or held_ok:
-        if uptime < idle_cfg.min_uptime:
+    threshold = f"{threshold_pct:g}%"
+    # History only lengthens the waits, so below the configured ones it cannot matter: skip
+    # reading it (most polls of most instances end here).
+    shortest = idle_cfg.window_released if run.released > timedelta(0) else idle_cfg.window
+    shortest = min(shortest, idle_cfg.window)
+    if timedelta(0) < run.held < shortest:
+        reasons.append(
+            f"GPUs under {threshold} for the last {idle_minutes:g} min "
+            f"(not yet idle: wait at least {_minutes(shortest):g} min)"
+        )
+    elif run.held > timedelta(0):
+        waits = _waits(samples, config)
+        # A zero wait (window_released: 0s) must not make a busy or held run "released".
+        released_ok = run.released > timedelta(0) and run.released >= waits.released
+        held_ok = run.held >= waits.held
+        # Each sample stands for one period; a stretch with fewer samples than the coverage
+        # rule asks for is a guess, not a measurement (one datapoint per 10 minutes is not
+        # "idle for an hour").
+        run_coverage = run.samples * period / run.held
+        if (released_ok or held_ok) and run_coverage < idle_cfg.min_coverage:
+            reasons.append(
+                f"GPUs under {threshold} for {idle_minutes:g} min, but only {run_coverage:.0%} "
+                f"of that stretch has samples (need {idle_cfg.min_coverage:.0%})"
+            )
+        elif (released_ok or held_ok) and uptime < idle_cfg.min_uptime:
             reasons.append(
                 f"GPUs under {threshold} for {idle_minutes:g} min, but up only "
                 f"{_minutes(uptime):g} min (min_uptime {_minutes(idle_cfg.min_uptime):g} min)"
             )
-        else:
-            window = idle_cfg.window_released if released_ok else idle_cfg.window
+        elif released_ok or held_ok:
             if released_ok:
+                window = waits.released
                 reasons.append(
                     f"every GPU under {threshold} with memory released for "
-                    f"{_minutes(run.released):g} min (window_released "
-                    f"{_minutes(idle_cfg.window_released):g} min): the job has ended"
+                    f"{_minutes(run.released):g} min (wait {_minutes(window):g} min): "
+                    "the job has ended"
                 )
             else:
+                window = waits.held
                 reasons.append(
                     f"every GPU under {threshold} for {idle_minutes:g} min "
-                    f"(window {_minutes(idle_cfg.window):g} min)"
+                    f"(wait {_minutes(window):g} min)"
                 )
+            reasons.extend(waits.reasons)
             return build(Verdict.IDLE, _MODE_ACTION[config.mode], window)
-    elif idle_minutes > 0:
-        reasons.append(f"GPUs under {threshold} for the last {idle_minutes:g} min (not yet idle)")
+        else:
+            wait = waits.released if run.released > timedelta(0) else waits.held
+            reasons.append(
+                f"GPUs under {threshold} for the last {idle_minutes:g} min "
+                f"(not yet idle: wait {_minutes(min(wait, waits.held)):g} min)"
+            )
+            reasons.extend(waits.reasons)
 
     expected, tag_problem = speedup_override(instance.tags)
     if tag_problem:

@@ -1,0 +1,381 @@
+"""Read GPU-utilisation traces into per-instance series for ``guardian backtest``.
+
+Three layouts are recognised by their header, plain or gzipped (by content, not by name):
+
+- the backtest format: ``instance_id,timestamp,gpu_index,gpu_util`` and optionally
+  ``gpu_mem_used_mib``, ``instance_type``, ``provider``, ``region``; one row per GPU per sample,
+  rows in any order, timestamps ISO-8601 (naive = UTC) or Unix seconds;
+- the Philly per-minute long form ``machine_id,gpu,timestamp_local,gpu_util``: a machine's
+  minutes come in separate excerpts, so each stretch without a gap over ``SEGMENT_GAP`` is one
+  series (one instance's life);
+- the Philly job windows: one row per job GPU with 14 minute values ``u-10 .. u+3`` and the
+  ground-truth label ``job_running_whole_window``; each job on each machine is one series.
+
+Philly's clock is US/Pacific local time; it is read as if it were UTC, which only shifts the
+replay and changes no interval. A bad row is a ``TraceError`` naming the file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from itertools import pairwise
+from pathlib import Path
+
+from guardian.errors import GuardianError
+from guardian.model import GpuInstance, GpuSample
+from guardian.series import reduce_gpu_series
+
+__all__ = [
+    "BACKTEST_COLUMNS",
+    "SEGMENT_GAP",
+    "TraceDefaults",
+    "TraceError",
+    "TraceSeries",
+    "read_trace",
+    "series_from_points",
+    "summary",
+]
+
+BACKTEST_COLUMNS = ("instance_id", "timestamp", "gpu_index", "gpu_util")
+_PHILLY_MINUTES = ("machine_id", "gpu", "timestamp_local", "gpu_util")
+_PHILLY_WINDOW_VALUES = tuple(f"u{offset:+d}" for offset in range(-10, 4))
+_PHILLY_WINDOWS = ("job_id", "machine_id", "gpu", "window_start_local", "job_running_whole_window")
+# Philly excerpts of one machine closer than this are one stretch of its life.
+SEGMENT_GAP = timedelta(minutes=10)
+
+Points = list[tuple[datetime, float]]
+# Per GPU, timestamp → reading: a duplicated row cannot make a timestamp look complete.
+Readings = dict[str, dict[datetime, float]]
+
+
+class TraceError(GuardianError):
+    """The trace file cannot be read or a row is malformed; the message names file and line."""
+
+
+@dataclass(frozen=True)
+class TraceDefaults:
+    """What a trace does not say about its instances: the backtest's command-line defaults."""
+
+    instance_type: str = ""
+    provider: str = "aws"
+    region: str = "us-east-1"
+
+
+@dataclass(frozen=True)
+class TraceSeries:
+    """One instance's life as the trace saw it: samples reduced over its GPUs, oldest first."""
+
+    instance: GpuInstance
+    samples: tuple[GpuSample, ...]
+    period_s: int
+    # Ground truth where the trace has it: True = the job held the GPUs for the whole series
+    # (any stop interrupts it), False = the job had ended, None = not known.
+    job_running: bool | None = None
+
+
+@dataclass
+class _GpuReadings:
+    util: Readings
+    mem: Readings
+
+    def add(self, gpu: str, at: datetime, util: float, mem: float | None) -> None:
+        # A duplicated reading keeps the higher value: doubt never makes a GPU look idler.
+        values = self.util.setdefault(gpu, {})
+        values[at] = max(util, values.get(at, util))
+        if mem is not None:
+            mems = self.mem.setdefault(gpu, {})
+            mems[at] = max(mem, mems.get(at, mem))
+
+
+def _open_text(path: Path) -> io.TextIOWrapper:
+    try:
+        raw = path.open("rb")
+    except OSError as exc:
+        raise TraceError(f"cannot read trace {path}: {exc.strerror or exc}") from exc
+    magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+    if magic == b"\x1f\x8b":
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+
+
+class _Times:
+    """Parse timestamps once each: a trace repeats every timestamp once per GPU."""
+
+    def __init__(self, where: str) -> None:
+        self._where = where
+        self._cache: dict[str, datetime] = {}
+
+    def parse(self, text: str, line: int) -> datetime:
+        cached = self._cache.get(text)
+        if cached is not None:
+            return cached
+        value = text.strip()
+        try:
+            seconds = float(value)
+        except ValueError:
+            moment = self._iso(value, text, line)
+        else:
+            try:
+                moment = datetime.fromtimestamp(seconds, UTC)
+            except (OverflowError, OSError, ValueError):
+                raise TraceError(
+                    f"{self._where} line {line}: timestamp {text!r} is out of range"
+                ) from None
+        self._cache[text] = moment
+        return moment
+
+    def _iso(self, value: str, text: str, line: int) -> datetime:
+        try:
+            moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        except ValueError:
+            raise TraceError(
+                f"{self._where} line {line}: timestamp {text!r} is neither ISO-8601 nor "
+                "Unix seconds"
+            ) from None
+        # A naive time is taken as UTC, as the tags' times are.
+        return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
+
+
+def _number(text: str | None, column: str, where: str, line: int) -> float | None:
+    """A reading, or None where the cell is blank (the GPU did not report)."""
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise TraceError(f"{where} line {line}: {column} {text!r} is not a number") from None
+    if math.isnan(value):  # NaN is a missing reading, never a value
+        return None
+    return value
+
+
+def _check_util(value: float, where: str, line: int) -> None:
+    if not 0.0 <= value <= 100.0:
+        raise TraceError(f"{where} line {line}: gpu_util {value:g} is not a percentage 0-100")
+
+
+def _period_s(samples: Sequence[GpuSample]) -> int:
+    """The sampling period: the median step, so a few gaps do not distort it."""
+    if len(samples) < 2:
+        return 60
+    steps = [(b.at - a.at).total_seconds() for a, b in pairwise(samples)]
+    return max(1, round(statistics.median(steps)))
+
+
+def series_from_points(
+    instance: GpuInstance,
+    util: Mapping[str, Mapping[datetime, float]],
+    mem: Mapping[str, Mapping[datetime, float]] | None = None,
+    job_running: bool | None = None,
+) -> TraceSeries:
+    """Reduce per-GPU readings to per-timestamp samples (the shared rule of
+    ``guardian.series``): max over GPUs, incomplete where a GPU of the instance is missing."""
+    samples = reduce_gpu_series(
+        {gpu: list(values.items()) for gpu, values in util.items()},
+        {gpu: list(values.items()) for gpu, values in (mem or {}).items()},
+        expected_gpus=instance.gpu_count,
+    )
+    return TraceSeries(instance, samples, _period_s(samples), job_running)
+
+
+def _instance(
+    instance_id: str,
+    launch: datetime,
+    gpus: int,
+    *,
+    instance_type: str,
+    provider: str,
+    region: str,
+) -> GpuInstance:
+    return GpuInstance(
+        provider=provider,
+        account="trace",
+        region=region,
+        zone="",
+        instance_id=instance_id,
+        instance_type=instance_type,
+        launch_time=launch,  # the series starts with the instance's life
+        gpu_count=gpus,
+    )
+
+
+def _read_backtest(
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+) -> list[TraceSeries]:
+    times = _Times(where)
+    points: dict[str, _GpuReadings] = defaultdict(lambda: _GpuReadings({}, {}))
+    shape: dict[str, tuple[str, str, str]] = {}
+    for line, row in enumerate(rows, start=2):
+        instance_id = (row.get("instance_id") or "").strip()
+        if not instance_id:
+            raise TraceError(f"{where} line {line}: instance_id is empty")
+        at = times.parse(row.get("timestamp") or "", line)
+        gpu = (row.get("gpu_index") or "").strip() or "0"
+        util = _number(row.get("gpu_util"), "gpu_util", where, line)
+        mem = _number(row.get("gpu_mem_used_mib"), "gpu_mem_used_mib", where, line)
+        if instance_id not in shape:
+            shape[instance_id] = (
+                (row.get("instance_type") or "").strip() or defaults.instance_type,
+                (row.get("provider") or "").strip() or defaults.provider,
+                (row.get("region") or "").strip() or defaults.region,
+            )
+        gpu_points = points[instance_id]
+        gpu_points.util.setdefault(gpu, {})  # a GPU that never reports still counts
+        if util is None:
+            continue  # the GPU did not report: the timestamp is incomplete, not idle
+        _check_util(util, where, line)
+        gpu_points.add(gpu, at, util, mem)
+    result = []
+    for instance_id in sorted(points):
+        gpu_points = points[instance_id]
+        stamps = [at for readings in gpu_points.util.values() for at in readings]
+        if not stamps:
+            continue  # not one reading: nothing to replay
+        instance_type, provider, region = shape[instance_id]
+        instance = _instance(
+            instance_id,
+            min(stamps),
+            len(gpu_points.util),
+            instance_type=instance_type,
+            provider=provider,
+            region=region,
+        )
+        result.append(series_from_points(instance, gpu_points.util, gpu_points.mem))
+    return result
+
+
+def _read_philly_minutes(
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+) -> list[TraceSeries]:
+    times = _Times(where)
+    by_machine: dict[str, list[tuple[datetime, str, float]]] = defaultdict(list)
+    for line, row in enumerate(rows, start=2):
+        util = _number(row.get("gpu_util"), "gpu_util", where, line)
+        if util is None:
+            continue
+        _check_util(util, where, line)
+        at = times.parse(row.get("timestamp_local") or "", line)
+        by_machine[row["machine_id"]].append((at, row["gpu"], util))
+    result = []
+    for machine in sorted(by_machine):
+        readings = sorted(by_machine[machine])
+        segment: list[tuple[datetime, str, float]] = []
+        for reading in readings:
+            if segment and reading[0] - segment[-1][0] > SEGMENT_GAP:
+                result.append(_philly_segment(machine, segment, defaults))
+                segment = []
+            segment.append(reading)
+        if segment:
+            result.append(_philly_segment(machine, segment, defaults))
+    return result
+
+
+def _philly_segment(
+    machine: str, readings: Sequence[tuple[datetime, str, float]], defaults: TraceDefaults
+) -> TraceSeries:
+    gpu_readings = _GpuReadings({}, {})
+    for at, gpu, value in readings:
+        gpu_readings.add(gpu, at, value, None)
+    util = gpu_readings.util
+    start = readings[0][0]
+    instance = _instance(
+        f"{machine}@{start:%Y-%m-%dT%H:%M}",
+        start,
+        len(util),
+        instance_type=defaults.instance_type,
+        provider=defaults.provider,
+        region=defaults.region,
+    )
+    return series_from_points(instance, util)
+
+
+def _read_philly_windows(
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+) -> list[TraceSeries]:
+    times = _Times(where)
+    groups: dict[tuple[str, str], tuple[datetime, bool, _GpuReadings]] = {}
+    for line, row in enumerate(rows, start=2):
+        key = (row["job_id"], row["machine_id"])
+        start = times.parse(row.get("window_start_local") or "", line)
+        running = (row.get("job_running_whole_window") or "").strip().lower() == "true"
+        readings = groups.setdefault(key, (start, running, _GpuReadings({}, {})))[2]
+        readings.util.setdefault(row["gpu"], {})
+        for minute, column in enumerate(_PHILLY_WINDOW_VALUES):
+            value = _number(row.get(column), column, where, line)
+            if value is not None:
+                _check_util(value, where, line)
+                readings.add(row["gpu"], start + timedelta(minutes=minute), value, None)
+    result = []
+    for (job_id, machine), (start, running, readings) in sorted(groups.items()):
+        util = readings.util
+        if not any(util.values()):
+            continue  # a window without one reading: nothing to replay
+        instance = _instance(
+            f"{job_id}/{machine}",
+            start,
+            len(util),
+            instance_type=defaults.instance_type,
+            provider=defaults.provider,
+            region=defaults.region,
+        )
+        result.append(series_from_points(instance, util, job_running=running))
+    return result
+
+
+def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:
+    return [column for column in needed if column not in header]
+
+
+def read_trace(path: Path, defaults: TraceDefaults | None = None) -> list[TraceSeries]:
+    """Every instance's series in the trace at ``path``, sorted by instance id."""
+    defaults = defaults or TraceDefaults()
+    where = str(path)
+    with _open_text(path) as handle:
+        reader = csv.DictReader(handle)
+        try:
+            header = [name.strip() for name in (reader.fieldnames or [])]
+        except (OSError, EOFError, UnicodeDecodeError) as exc:
+            raise TraceError(f"cannot read trace {path}: {exc}") from exc
+        reader.fieldnames = header
+        readers = {
+            "backtest": (BACKTEST_COLUMNS, _read_backtest),
+            "philly-minutes": (_PHILLY_MINUTES, _read_philly_minutes),
+            "philly-windows": (_PHILLY_WINDOWS + _PHILLY_WINDOW_VALUES, _read_philly_windows),
+        }
+        for needed, read in readers.values():
+            if not _missing(header, needed):
+                try:
+                    series = read(reader, where, defaults)
+                except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
+                    raise TraceError(f"cannot read trace {path}: {exc}") from exc
+                break
+        else:
+            missing = ", ".join(_missing(header, BACKTEST_COLUMNS))
+            raise TraceError(
+                f"{where}: not a GPU trace: missing column(s) {missing} (expected "
+                f"{','.join(BACKTEST_COLUMNS)}[,gpu_mem_used_mib,instance_type,provider,region])"
+            )
+    if not series:
+        raise TraceError(f"{where}: the trace has no GPU readings")
+    return series
+
+
+def summary(series: Sequence[TraceSeries]) -> Mapping[str, float]:
+    """Counts for a progress line: instances, samples, hours spanned."""
+    if not series:
+        return {"instances": 0, "samples": 0, "hours": 0.0}
+    first = min(s.samples[0].at for s in series)
+    last = max(s.samples[-1].at for s in series)
+    return {
+        "instances": len(series),
+        "samples": sum(len(s.samples) for s in series),
+        "hours": round((last - first).total_seconds() / 3600, 1),
+    }
