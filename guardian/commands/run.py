@@ -1,0 +1,46 @@
+"""``guardian run``: the daemon (see ``guardian.daemon``); ``--once`` for a single cycle."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from guardian.commands.common import ConfigOption, SetOption
+from guardian.config import load_config
+from guardian.errors import GuardianError
+
+__all__ = ["register"]
+
+
+def run(
+    config: ConfigOption = None,
+    overrides: SetOption = None,
+    once: Annotated[
+        bool,
+        typer.Option("--once", help="Run one cycle, deliver its alerts, and exit (for cron)."),
+    ] = False,
+) -> None:
+    """Audit every poll_interval; alert on idle GPU instances and, in enforce mode, stop them.
+
+    SIGTERM/SIGINT finish the current cycle and exit 0; SIGHUP reloads the config. Under
+    systemd (Type=notify) it reports readiness, watchdog pings and a status line.
+    """
+    from guardian.daemon import Daemon
+
+    cfg, path = load_config(config, overrides or ())
+    daemon = Daemon(cfg, config_path=path, overrides=overrides or ())
+    if once:
+        try:
+            report = daemon.run_cycle()
+        finally:
+            daemon.close()
+        if report is None:
+            raise GuardianError("the cycle failed; the log above says why")
+        typer.echo(report.status_line(), err=True)
+        return
+    raise typer.Exit(daemon.run())
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run)
