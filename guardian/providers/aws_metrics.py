@@ -123,6 +123,7 @@ def plan_batches(
     mem_series: Mapping[str, Sequence[Dims]],
     names: MetricNames,
     max_queries: int,
+    *,
     id_prefix: str = "q",
 ) -> list[list[Query]]:
     """Queries for every GPU series, packed into batches of at most ``max_queries``.
