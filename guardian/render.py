@@ -50,7 +50,7 @@ def _row(finding: Finding) -> list[str | Text]:
     gpus = f"{inst.gpu_count}× {inst.gpu_model}" if inst.gpu_model else f"{inst.gpu_count} GPU"
     lifecycle = "" if inst.lifecycle.value == "on-demand" else f" ({inst.lifecycle.value})"
     equivalent = (
-        f"{price.cpu_equivalent.instance_type} {_money(price.cpu_equivalent.hourly_price, 3)}"
+        f"{price.cpu_equivalent.instance_type}\n{_money(price.cpu_equivalent.hourly_price, 3)}"
         if price.cpu_equivalent
         else "—"
     )
@@ -59,10 +59,9 @@ def _row(finding: Finding) -> list[str | Text]:
         if decision.gpu_util_mean is None
         else f"{decision.gpu_util_mean:.0f}/{decision.gpu_util_max or 0:.0f}"
     )
-    reasons = list(decision.reasons) + ([price.reason] if price.reason else [])
     return [
         Text(f"{inst.name or '—'}\n{inst.instance_id}"),
-        f"{inst.account}\n{inst.region}",
+        f"{inst.region}\n{inst.account}",
         f"{inst.instance_type}{lifecycle}\n{gpus}",
         Text(decision.verdict.value, style=VERDICT_STYLE[decision.verdict]),
         util,
@@ -73,39 +72,47 @@ def _row(finding: Finding) -> list[str | Text]:
         _num(price.premium, "{:.1f}×"),
         _num(decision.required_speedup, "{:.1f}×"),
         _money(decision.wasted_usd),
-        reasons[0] if reasons else "",
     ]
 
 
+_COLUMNS = (
+    ("Instance", "left"),
+    ("Region\naccount", "left"),
+    ("Type\nGPUs", "left"),
+    ("Verdict", "left"),
+    ("GPU %\nmean/max", "right"),
+    ("Last hour\n(2 min per mark)", "left"),
+    ("Idle\nmin", "right"),
+    ("$/h", "right"),
+    ("CPU\nequivalent", "left"),
+    ("Premium", "right"),
+    ("Needs", "right"),
+    ("Wasted", "right"),
+)
+
+
 def audit_table(result: CycleResult) -> Table:
-    table = Table(box=box.SIMPLE_HEAVY, show_lines=False, header_style="bold", expand=False)
-    for header, justify in (
-        ("Instance", "left"),
-        ("Account / region", "left"),
-        ("Type / GPUs", "left"),
-        ("Verdict", "left"),
-        ("GPU % mean/max", "right"),
-        ("Last hour", "left"),
-        ("Idle min", "right"),
-        ("$/h", "right"),
-        ("CPU equivalent", "left"),
-        ("Premium", "right"),
-        ("Needs", "right"),
-        ("Wasted", "right"),
-        ("Why", "left"),
-    ):
-        # Only "Why" wraps: every other cell is short, and squeezing them makes numbers unreadable.
-        wraps = header == "Why"
-        table.add_column(
-            header,
-            justify=justify,  # type: ignore[arg-type]
-            no_wrap=not wraps,
-            min_width=36 if wraps else None,
-            overflow="fold" if wraps else "ellipsis",
-        )
+    table = Table(box=box.SIMPLE_HEAVY, header_style="bold", expand=False)
+    for header, justify in _COLUMNS:
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
     for finding in result.findings:
         table.add_row(*_row(finding))
     return table
+
+
+def reasons_lines(result: CycleResult) -> list[Text]:
+    """Why each instance that is not simply busy got its verdict, one line each."""
+    lines = []
+    for finding in result.findings:
+        decision, price = finding.decision, finding.price
+        if decision.verdict is Verdict.BUSY and not price.reason:
+            continue
+        reasons = list(decision.reasons) + ([price.reason] if price.reason else [])
+        label = finding.instance.name or finding.instance.instance_id
+        line = Text(f"{label}: ", style=VERDICT_STYLE[decision.verdict])
+        line.append("; ".join(reasons) or decision.verdict.value)
+        lines.append(line)
+    return lines
 
 
 def totals_line(result: CycleResult) -> str:
@@ -123,6 +130,12 @@ def print_audit(result: CycleResult, console: Console) -> None:
     if result.findings:
         console.print(audit_table(result))
     console.print(totals_line(result))
+    lines = reasons_lines(result)
+    if lines:
+        console.print()
+        console.print("Why", style="bold")
+        for line in lines:
+            console.print(line)
     console.print(
         "Needs = how many times faster than its CPU equivalent the GPU must be at its measured "
         "utilisation to pay off (rule of thumb: 2–3× premium at full use).",
