@@ -7,6 +7,7 @@ moto has no Pricing API, so botocore's Stubber answers: it checks every request'
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -56,7 +57,8 @@ def ec2_product(
     on_demand: bool = True,
 ) -> str:
     """One PriceList entry as the API returns it: a JSON string, Reserved terms included."""
-    sku = f"SKU{abs(hash((instance_type, region, operation))) % 10**10:010d}"
+    # zlib.crc32, not hash(): string hashes differ per process, and the ids must not
+    sku = f"SKU{zlib.crc32(f'{instance_type}|{region}|{operation}'.encode()):010d}"
     attributes = {
         "enhancedNetworkingSupported": "Yes",
         "intelTurboAvailable": "Yes",
@@ -256,6 +258,7 @@ def test_parse_reads_shape_gpus_and_on_demand_price() -> None:
         ec2_product("m6i.xlarge", "4", "16 GiB", "0.192", product_family="Dedicated Host"),
         ec2_product("m6i.xlarge", "4", "16 GiB", "0.192").replace('"Shared"', '"Dedicated"'),
     ],
+    ids=["sql-server", "zero-price", "no-memory", "reserved-only", "dedicated-host", "dedicated"],
 )
 def test_parse_ignores_what_is_not_a_plain_linux_on_demand_hour(document: str) -> None:
     assert parse_ec2_product(document) is None
