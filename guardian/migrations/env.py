@@ -10,7 +10,7 @@ from alembic import context
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 
-from guardian.store import metadata
+from guardian.store_schema import metadata
 
 
 def _run(connection: Connection) -> None:

@@ -16,7 +16,8 @@ from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.errors import ConfigError
 from guardian.pricing import PriceCatalog
-from guardian.store import InstanceRef, Store, metadata
+from guardian.store import InstanceRef, Store
+from guardian.store_schema import metadata
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
 
 
