@@ -52,9 +52,9 @@ def _root(
 
 def _register_commands() -> None:
     # Each module's register() adds its commands; none imports a cloud SDK at import time.
-    from guardian.commands import audit, check_config, demo, prices
+    from guardian.commands import agent, audit, backtest, check_config, demo, history, prices, run
 
-    for module in (audit, check_config, demo, prices):
+    for module in (audit, check_config, demo, prices, history, run, backtest, agent):
         module.register(app)
 
 

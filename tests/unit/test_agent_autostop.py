@@ -1,0 +1,267 @@
+"""Autostop: warn, wait the grace, re-check against the cloud, gate, stop — or not."""
+
+from __future__ import annotations
+
+import dataclasses
+import stat
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from structlog.testing import capture_logs
+
+from guardian.agent import Agent, PollResult, local_instance
+from guardian.agent_autostop import Alerter, Autostop, CloudTarget, stop_blocker
+from guardian.agent_status import RunDir
+from guardian.config import parse_config
+from guardian.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
+from guardian.gpu.nvml import Nvml
+from guardian.ladder import Step
+from guardian.model import GpuInstance, Verdict
+from guardian.providers import StopResult, UnitError
+from tests.fake_provider import FakeProvider, make_instance
+
+
+@pytest.fixture
+def wall(tmp_path: Path) -> tuple[tuple[str, ...], Path]:
+    """A real executable standing in for wall(1): it appends its message to a file."""
+    log = tmp_path / "wall.log"
+    script = tmp_path / "fake-wall"
+    script.write_text(f'#!/bin/sh\nprintf "%s\\n---\\n" "$1" >> "{log}"\n')
+    script.chmod(script.stat().st_mode | stat.S_IEXEC)
+    return (str(script),), log
+
+
+class Rig:
+    """An agent with autostop over a FakeProvider and the fake NVML, on a manual clock."""
+
+    def __init__(
+        self,
+        wall: tuple[tuple[str, ...], Path],
+        tmp_path: Path,
+        *,
+        scenario: str | dict[str, Any] = "idle",
+        config: dict[str, Any] | None = None,
+        **instance_changes: Any,
+    ) -> None:
+        self.clock = ManualClock()
+        base = {
+            "agent": {"interval": "10s", "listen": "", "autostop": True},
+            "idle": {"window_released": "10m", "grace": "15m"},
+        }
+        for key, value in (config or {}).items():
+            base[key] = {**base.get(key, {}), **value} if isinstance(value, dict) else value
+        self.config = parse_config(base)
+        loaded = (
+            load_scenario(scenario)
+            if isinstance(scenario, str)
+            else Scenario.from_dict(scenario, "custom")
+        )
+        nvml = Nvml.open(FakeNvml(loaded, clock=self.clock.monotonic))
+        self.cloud_instance = make_instance("i-0abc", **instance_changes)
+        self.provider = FakeProvider([self.cloud_instance])
+        self.alerter = Alerter([], wall[0])
+        self.wall_log = wall[1]
+        self.autostop = Autostop(self.config, CloudTarget(self.provider, "i-0abc"), self.alerter)
+        local = dataclasses.replace(
+            local_instance(1, "T4", self.clock.now() - timedelta(hours=1)),
+            provider="aws",
+            account="123456789012",
+            region="us-east-1",
+            instance_id="i-0abc",
+        )
+        self.run_dir = RunDir(tmp_path / "run")
+        self.agent = Agent(
+            self.config,
+            nvml,
+            local,
+            clock=self.clock,
+            autostop=self.autostop,
+            run_dir=self.run_dir,
+        )
+
+    def set_cloud(self, **changes: Any) -> None:
+        self.provider.instances = [dataclasses.replace(self.cloud_instance, **changes)]
+
+    def run(self, minutes: float) -> list[PollResult]:
+        results = []
+        for _ in range(int(minutes * 6)):
+            results.append(self.agent.poll())
+            self.clock.advance(10)
+        return results
+
+    def minute_of(self, results: list[PollResult], step: Step) -> float | None:
+        start = results[0].snapshot.sampled_at
+        for result in results:
+            if result.autostop is not None and result.autostop.step is step:
+                return (result.snapshot.sampled_at - start).total_seconds() / 60
+        return None
+
+    def walls(self) -> list[str]:
+        if not self.wall_log.exists():
+            return []
+        return [m.strip() for m in self.wall_log.read_text().split("---") if m.strip()]
+
+
+def test_idle_machine_is_warned_then_stopped_after_the_grace(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    with capture_logs() as logs:
+        results = rig.run(40)
+    warned = rig.minute_of(results, Step.WARN)
+    stopped = rig.minute_of(results, Step.STOP)
+    assert warned == pytest.approx(9 + 50 / 60)
+    assert stopped is not None
+    assert warned is not None
+    assert stopped - warned == pytest.approx(15)
+    assert rig.provider.stopped == ["aws:123456789012:i-0abc"]  # exactly once
+    assert rig.autostop.stopped
+    assert results[-1].autostop is not None
+    assert results[-1].autostop.stopped
+    messages = rig.walls()
+    assert len(messages) == 2
+    assert "idle, stopping at" in messages[0]
+    assert "guardian agent keep 2h" in messages[0]
+    assert "stopping now" in messages[1]
+    assert [e["instance_id"] for e in logs if e["event"] == "instance_stopped"] == ["i-0abc"]
+    # While warned, the status file shows the pending stop with its deadline.
+    pending = next(r for r in results if r.autostop and r.autostop.step is Step.WAIT)
+    assert pending.autostop is not None
+    assert pending.autostop.episode is not None
+
+
+def test_work_resuming_in_the_grace_cancels_the_stop(wall: Any, tmp_path: Path) -> None:
+    scenario = {
+        "gpus": 1,
+        "phases": [
+            {"for": "15m", "util_pct": 0, "mem_used_mib": 0, "processes": []},
+            {"util_pct": 80, "mem_used_mib": 9000, "processes": [{"pid": 5000003}]},
+        ],
+    }
+    rig = Rig(wall, tmp_path, scenario=scenario)
+    results = rig.run(40)
+    assert rig.minute_of(results, Step.WARN) is not None
+    assert rig.minute_of(results, Step.RESUMED) == pytest.approx(15)
+    assert rig.minute_of(results, Step.STOP) is None
+    assert rig.provider.stopped == []
+    assert "stop cancelled" in rig.walls()[-1]
+
+
+def test_tag_seen_during_the_grace_withdraws_the_warning(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    rig.run(11)  # warned at 9:50
+    rig.set_cloud(tags={"guardian:protect": "true"})  # someone protects it in the console
+    results = rig.run(30)  # the tags are re-read every 5 minutes
+    assert rig.provider.stopped == []
+    assert rig.minute_of(results, Step.RESUMED) is not None
+    assert {r.decision.verdict for r in results[-10:]} == {Verdict.PROTECTED}
+    assert "stop cancelled" in rig.walls()[-1]
+
+
+def test_tag_set_just_before_the_deadline_blocks_the_stop(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    rig.run(24)  # warned at 9:50, deadline 24:50; tags last re-read at 20:00
+    rig.set_cloud(tags={"guardian:protect": "true"})
+    results = rig.run(2)
+    assert rig.provider.stopped == []  # the re-check at the deadline saw the tag
+    blocked = [r.autostop.message for r in results if r.autostop and r.autostop.step is Step.STOP]
+    assert blocked == ["not stopping: protected (tag guardian:protect=true)"]
+    assert sum("idle, not stopping" in m for m in rig.walls()) == 1
+    rig.set_cloud(tags={})  # protection removed: a new warning, a new grace, then the stop
+    results = rig.run(20)
+    assert rig.minute_of(results, Step.WARN) is not None
+    assert rig.provider.stopped == ["aws:123456789012:i-0abc"]
+
+
+def test_instance_store_blocks_unless_allowed(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path, has_instance_store=True)
+    rig.run(40)
+    assert rig.provider.stopped == []
+    assert any("instance-store" in m for m in rig.walls())
+    allowed = Rig(
+        wall,
+        tmp_path,
+        config={"enforce": {"allow_instance_store_loss": True}},
+        has_instance_store=True,
+    )
+    allowed.run(40)
+    assert allowed.provider.stopped == ["aws:123456789012:i-0abc"]
+
+
+def test_one_time_spot_is_never_stopped(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path, spot_one_time=True)
+    rig.run(40)
+    assert rig.provider.stopped == []
+
+
+def test_dry_run_says_what_it_would_do(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path, config={"dry_run": True})
+    results = rig.run(40)
+    assert rig.provider.stopped == []
+    assert results[-1].autostop is not None
+    assert results[-1].autostop.message == "not stopping: dry run: would stop it now"
+
+
+def test_no_stop_when_the_instance_cannot_be_re_read(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    rig.run(11)
+    rig.provider.instances = []
+    rig.provider.errors = [UnitError("aws", "123456789012", "us-east-1", "ec2:X", "denied")]
+    results = rig.run(30)
+    assert rig.provider.stopped == []
+    assert any(
+        "cannot re-read the instance" in (r.autostop.message or "") for r in results if r.autostop
+    )
+
+
+def test_a_failed_stop_is_alerted_and_retried(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    attempts: list[str] = []
+
+    def failing_stop(instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
+        attempts.append(instance.key)
+        return StopResult(instance.key, False, "stop", "UnauthorizedOperation")
+
+    rig.provider.stop = failing_stop  # type: ignore[method-assign]
+    rig.run(40)
+    assert len(attempts) == 4  # at 24:50, then every 5 minutes: not on every 10 s poll
+    assert not rig.autostop.stopped
+    assert any("stop FAILED" in m for m in rig.walls())
+
+
+def test_guardian_agent_keep_postpones_the_stop(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    rig.run(12)
+    rig.run_dir.write_keep(rig.clock.now() + timedelta(hours=2))
+    results = rig.run(60)
+    assert rig.provider.stopped == []
+    assert results[0].autostop is not None
+    assert results[0].autostop.step is Step.RESUMED
+    assert {r.decision.verdict for r in results} == {Verdict.PROTECTED}
+
+
+def test_hibernate_only_where_configured(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path, config={"enforce": {"hibernate": True}}, hibernation_configured=True)
+    results = rig.run(40)
+    assert rig.provider.stopped == ["aws:123456789012:i-0abc"]
+    stops = [r.autostop.message for r in results if r.autostop and r.autostop.step is Step.STOP]
+    assert stops == ["hibernate requested"]
+
+
+def test_stop_blocker_gates() -> None:
+    config = parse_config({})
+    now = make_instance().launch_time + timedelta(days=2)
+    assert stop_blocker(make_instance(), config, now) is None
+    assert "protected" in (
+        stop_blocker(make_instance(tags={"guardian:protect": "yes"}), config, now) or ""
+    )
+    assert "protected" in (
+        stop_blocker(make_instance(tags={"guardian:keep-until": "2099-01-01T00:00Z"}), config, now)
+        or ""
+    )
+    assert "one-time spot" in (stop_blocker(make_instance(spot_one_time=True), config, now) or "")
+    assert "instance-store" in (
+        stop_blocker(make_instance(has_instance_store=True), config, now) or ""
+    )
+    young = make_instance(launch_time=now - timedelta(minutes=5))
+    assert "min_uptime" in (stop_blocker(young, config, now) or "")
