@@ -46,7 +46,9 @@ BURST_PAUSES = 3
 # now and then is busy most of the time, a service or notebook waits most of the time.
 BURSTY_ACTIVE_SHARE = 0.5
 
-_PAUSE_THEN_WORK = re.compile(rb"\x00+(?=\x01)")  # idle samples followed by a working one
+# Idle samples followed by a working one. The lookbehind starts a match only at the first idle
+# sample of a run, so a long run that never ends in work is scanned once, not once per sample.
+_PAUSE_THEN_WORK = re.compile(rb"(?<!\x00)\x00+(?=\x01)")
 _UTIL = attrgetter("gpu_util_pct")
 
 
