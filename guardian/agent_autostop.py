@@ -22,10 +22,10 @@ import structlog
 
 from guardian.config import Config
 from guardian.errors import ProviderError
+from guardian.gates import instance_block
 from guardian.ladder import Episode, Step, next_step
 from guardian.model import Decision, GpuInstance
 from guardian.providers import Provider, StopResult
-from guardian.tags import protection
 
 __all__ = [
     "Alerter",
@@ -34,32 +34,9 @@ __all__ = [
     "CloudTarget",
     "StopTarget",
     "default_wall_command",
-    "stop_blocker",
 ]
 
 log = structlog.get_logger(__name__)
-
-
-def stop_blocker(instance: GpuInstance, config: Config, now: datetime) -> str | None:
-    """Why the instance must not be stopped now, or None: the daemon's gates for one machine
-    (``Enforcer._gate`` less the fleet-wide ones: circuit breaker, stops per cycle).
-
-    Pure, so that it can merge with the daemon's gates in ``guardian.enforce``.
-    """
-    guard = protection(instance.tags, now)
-    if guard.protected:
-        return f"protected ({guard.reason})"
-    uptime = now - instance.launch_time
-    if uptime < config.idle.min_uptime:
-        return f"up only {uptime.total_seconds() / 60:.0f} min (idle.min_uptime)"
-    if instance.spot_one_time:
-        return "a one-time spot instance cannot be stopped, and guardian never terminates"
-    if instance.has_instance_store and not config.enforce.allow_instance_store_loss:
-        return (
-            "stopping would erase its instance-store (local SSD) data; set "
-            "enforce.allow_instance_store_loss: true to allow it"
-        )
-    return None
 
 
 class StopTarget(Protocol):
@@ -254,9 +231,9 @@ class Autostop:
         fresh = self._fresh(instance, now)
         if fresh is None:  # never stop on stale facts: the tags may protect it by now
             return self._not_stopping(instance, "cannot re-read the instance from the cloud API")
-        blocker = stop_blocker(fresh, self.config, now)
-        if blocker:
-            return self._not_stopping(fresh, blocker)
+        block = instance_block(fresh, self.config, now)
+        if block is not None:
+            return self._not_stopping(fresh, block.detail)
         hibernate = self.config.enforce.hibernate and fresh.hibernation_configured
         action = "hibernate" if hibernate else "stop"
         if self.config.dry_run:

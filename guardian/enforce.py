@@ -20,6 +20,7 @@ import structlog
 from guardian.config import Config, Mode
 from guardian.cycle import CycleResult
 from guardian.errors import GuardianError
+from guardian.gates import instance_block, permanent_block
 from guardian.ladder import Step, next_step
 from guardian.messages import (
     Message,
@@ -35,7 +36,6 @@ from guardian.model import Finding, GpuInstance, Verdict
 from guardian.notify import Notifier
 from guardian.providers import Provider, UnitError
 from guardian.store import EpisodeRow, InstanceRef, Store, Tx
-from guardian.tags import protection
 
 __all__ = ["EnforceSummary", "Enforcer"]
 
@@ -164,21 +164,9 @@ class Enforcer:
                     cyc.stops += 1
                     self._stop(finding, episode, cyc)
 
-    def _permanent_block(self, inst: GpuInstance) -> tuple[str, str] | None:
-        """Gates no amount of waiting lifts: such an instance is alert-only."""
-        if inst.spot_one_time:
-            return "spot_one_time", "it is a one-time spot instance, which cannot be stopped"
-        if inst.has_instance_store and not self._config.enforce.allow_instance_store_loss:
-            return (
-                "instance_store",
-                "its instance-store (local SSD) data would be lost on stop "
-                "(enforce.allow_instance_store_loss is false)",
-            )
-        return None
-
     def _promise(self, inst: GpuInstance) -> str:
         """What a warning given now promises: a stop, a dry-run stop, or an alert only."""
-        if self._config.mode is not Mode.ENFORCE or self._permanent_block(inst) is not None:
+        if self._config.mode is not Mode.ENFORCE or permanent_block(inst, self._config) is not None:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
 
@@ -188,7 +176,7 @@ class Enforcer:
             log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
             return
         deadline = cyc.now + self._config.idle.grace
-        block = self._permanent_block(inst)
+        block = permanent_block(inst, self._config)
         promise = self._promise(inst)
         message = warning_message(
             finding,
@@ -196,7 +184,7 @@ class Enforcer:
             deadline=deadline,
             will_stop=self._config.mode is Mode.ENFORCE,
             dry_run=self._config.dry_run,
-            alert_only_reason=block[1] if block else None,
+            alert_only_reason=block.detail if block else None,
             instance_store_loss=inst.has_instance_store and promise != "alert",
         )
         with self._store.transaction() as tx:
@@ -260,15 +248,9 @@ class Enforcer:
     def _gate(self, finding: Finding, cyc: _Cycle) -> tuple[str, str, bool] | None:
         """The first safety gate that blocks a stop: (reason, explanation, for good)."""
         inst = finding.instance
-        guard = protection(inst.tags, cyc.now)  # re-checked on this cycle's tags, right now
-        if guard.protected:
-            return "protected", guard.reason or "protected by tag", False
-        uptime = cyc.now - inst.launch_time
-        if uptime < self._config.idle.min_uptime:
-            return "min_uptime", f"up only {uptime.total_seconds() / 60:.0f} min", False
-        block = self._permanent_block(inst)
+        block = instance_block(inst, self._config, cyc.now)  # this cycle's tags, right now
         if block is not None:
-            return block[0], block[1], True
+            return block.reason, block.detail, block.permanent
         if _unit(inst) in cyc.tripped:
             return "circuit_breaker", f"circuit breaker tripped in {_unit(inst)}", False
         if cyc.stops >= self._config.limits.max_stops_per_cycle:

@@ -12,9 +12,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from guardian.agent import Agent, PollResult, local_instance
-from guardian.agent_autostop import Alerter, Autostop, CloudTarget, stop_blocker
+from guardian.agent_autostop import Alerter, Autostop, CloudTarget
 from guardian.agent_status import RunDir
 from guardian.config import parse_config
+from guardian.gates import instance_block
 from guardian.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
 from guardian.gpu.nvml import Nvml
 from guardian.ladder import Step
@@ -248,20 +249,19 @@ def test_hibernate_only_where_configured(wall: Any, tmp_path: Path) -> None:
     assert stops == ["hibernate requested"]
 
 
-def test_stop_blocker_gates() -> None:
+def test_the_agent_and_the_daemon_share_the_instance_gates() -> None:
     config = parse_config({})
     now = make_instance().launch_time + timedelta(days=2)
-    assert stop_blocker(make_instance(), config, now) is None
-    assert "protected" in (
-        stop_blocker(make_instance(tags={"guardian:protect": "yes"}), config, now) or ""
-    )
-    assert "protected" in (
-        stop_blocker(make_instance(tags={"guardian:keep-until": "2099-01-01T00:00Z"}), config, now)
-        or ""
-    )
-    assert "one-time spot" in (stop_blocker(make_instance(spot_one_time=True), config, now) or "")
-    assert "instance-store" in (
-        stop_blocker(make_instance(has_instance_store=True), config, now) or ""
-    )
-    young = make_instance(launch_time=now - timedelta(minutes=5))
-    assert "min_uptime" in (stop_blocker(young, config, now) or "")
+
+    def reason(**changes: Any) -> str | None:
+        block = instance_block(make_instance(**changes), config, now)
+        return block.reason if block else None
+
+    assert reason() is None
+    assert reason(tags={"guardian:protect": "yes"}) == "protected"
+    assert reason(tags={"guardian:keep-until": "2099-01-01T00:00Z"}) == "protected"
+    assert reason(spot_one_time=True) == "spot_one_time"
+    assert reason(has_instance_store=True) == "instance_store"
+    assert reason(launch_time=now - timedelta(minutes=5)) == "min_uptime"
+    allowed = parse_config({"enforce": {"allow_instance_store_loss": True}})
+    assert instance_block(make_instance(has_instance_store=True), allowed, now) is None
