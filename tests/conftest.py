@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import pytest
+import structlog
 
 from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_server
 
@@ -152,3 +153,12 @@ def aws_gpu_catalog() -> GpuTypeCatalog:
     catalog = GpuTypeCatalog()
     catalog.prime(INSTANCE_TYPES.values())
     return catalog
+
+
+@pytest.fixture(autouse=True)
+def _fresh_structlog() -> Iterator[None]:
+    """Every test starts and ends with structlog's defaults: a CLI test configures logging to
+    the CliRunner's stream, which is closed once that test ends."""
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()

@@ -64,7 +64,8 @@ def test_audit_bad_config_never_tracebacks(tmp_path: Path) -> None:
     config.write_text("mode: destroy\n")
     result = run("audit", "--config", str(config))
     assert result.returncode == 2
-    assert "mode:" in result.stderr and "Traceback" not in result.stderr
+    assert "mode:" in result.stderr
+    assert "Traceback" not in result.stderr
     assert result.stdout == ""
 
 
@@ -76,7 +77,8 @@ def test_check_config_masks_secrets(tmp_path: Path) -> None:
     )
     result = run("check-config", "--config", str(config))
     assert result.returncode == 0, result.stderr
-    assert "verysecrettoken" not in result.stdout and "hunter2" not in result.stdout
+    assert "verysecrettoken" not in result.stdout
+    assert "hunter2" not in result.stdout
     assert "slack://T000/***" in result.stdout
 
 
@@ -85,4 +87,5 @@ def test_log_format_is_validated(fmt: str) -> None:
     result = run("--log-format", fmt, "check-config")
     assert result.returncode == 0, result.stderr
     bad = run("--log-format", "xml", "check-config")
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr
+    assert bad.returncode == 2
+    assert "Traceback" not in bad.stderr

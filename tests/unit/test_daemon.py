@@ -25,13 +25,6 @@ from guardian.pricing import PriceCatalog, TypePrice
 from tests.e2e.receivers import HttpReceiver, NotifySocket, free_port, wait_for
 from tests.fake_provider import FakeProvider, flat_samples, make_instance
 
-
-@pytest.fixture(autouse=True)
-def _live_log_stream() -> None:
-    # A CLI test earlier in this process may have left structlog bound to a closed stream.
-    structlog.reset_defaults()
-
-
 CATALOG = PriceCatalog(
     types={
         "aws": {

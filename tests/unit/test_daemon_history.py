@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import pytest
-import structlog
 import yaml
 from typer.testing import CliRunner
 
@@ -22,13 +19,6 @@ from guardian.store import InstanceRef, Store
 HOOK = "json://127.0.0.1:9/hooks/s3cr3t-token-value"
 REF = InstanceRef("aws:123456789012:i-1", "aws", "123456789012", "us-east-1", "i-1", "trainer")
 OTHER = InstanceRef("aws:123456789012:i-2", "aws", "123456789012", "us-east-1", "i-2", None)
-
-
-@pytest.fixture(autouse=True)
-def _fresh_logging() -> Iterator[None]:
-    # The CLI binds structlog to the runner's stderr, which is closed after each invoke.
-    yield
-    structlog.reset_defaults()
 
 
 def write_config(tmp_path: Path) -> Path:

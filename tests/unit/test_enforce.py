@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
 from guardian.config import Config
 from guardian.cycle import CycleResult, audit_cycle
@@ -20,13 +19,6 @@ from guardian.pricing import PriceCatalog, TypePrice
 from guardian.providers import StopResult, UnitError
 from guardian.store import ActionRow, Store
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
-
-
-@pytest.fixture(autouse=True)
-def _live_log_stream() -> None:
-    # A CLI test earlier in this process may have left structlog bound to a closed stream.
-    structlog.reset_defaults()
-
 
 CATALOG = PriceCatalog(
     types={

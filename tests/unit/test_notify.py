@@ -10,7 +10,6 @@ from typing import Any
 
 import apprise
 import pytest
-import structlog
 from structlog.testing import capture_logs
 
 from guardian.config import Config, NotifyConfig
@@ -23,13 +22,6 @@ from guardian.pricing import PriceCatalog, TypePrice
 from guardian.store import InstanceRef, Store
 from tests.e2e.receivers import HttpReceiver, SmtpReceiver, wait_for
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
-
-
-@pytest.fixture(autouse=True)
-def _live_log_stream() -> None:
-    # A CLI test earlier in this process may have left structlog bound to a closed stream.
-    structlog.reset_defaults()
-
 
 CATALOG = PriceCatalog(
     types={

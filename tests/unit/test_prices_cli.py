@@ -11,7 +11,6 @@ from typing import Any
 
 import boto3
 import pytest
-import structlog
 import typer
 from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
@@ -35,13 +34,6 @@ def make_app() -> typer.Typer:
 
     prices.register(app)
     return app
-
-
-@pytest.fixture(autouse=True)
-def _restore_logging() -> Iterator[None]:
-    saved = structlog.get_config()
-    yield
-    structlog.configure(**saved)
 
 
 @pytest.fixture

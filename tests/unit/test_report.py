@@ -76,7 +76,9 @@ def test_json_contract() -> None:
     assert by_id["i-dark"]["verdict"] == "unmeasured"
     assert by_id["i-dark"]["gpu_util_mean"] is None
     odd = by_id["i-odd"]
-    assert odd["hourly_price"] is None and odd["premium"] is None and odd["wasted_usd"] is None
+    assert odd["hourly_price"] is None
+    assert odd["premium"] is None
+    assert odd["wasted_usd"] is None
     assert any("no price for x9.weird" in r for r in odd["reasons"])
     # sorted by money wasted, most first
     assert document["findings"][0]["instance_id"] == "i-idle"
@@ -95,7 +97,8 @@ def test_csv_has_a_row_per_finding() -> None:
     rows = list(csv.DictReader(io.StringIO(findings_csv(result))))  # type: ignore[arg-type]
     assert len(rows) == 4
     dark = next(r for r in rows if r["instance_id"] == "i-dark")
-    assert dark["gpu_util_mean"] == "" and dark["verdict"] == "unmeasured"
+    assert dark["gpu_util_mean"] == ""
+    assert dark["verdict"] == "unmeasured"
 
 
 def test_table_shows_every_instance_and_totals() -> None:

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
@@ -19,13 +18,6 @@ from guardian.pricing import PriceCatalog
 from guardian.store import InstanceRef, Store
 from guardian.store_schema import metadata
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
-
-
-@pytest.fixture(autouse=True)
-def _live_log_stream() -> None:
-    # A CLI test earlier in this process may have left structlog bound to a closed stream.
-    structlog.reset_defaults()
-
 
 REF = InstanceRef("aws:123456789012:i-1", "aws", "123456789012", "us-east-1", "i-1", "trainer")
 
