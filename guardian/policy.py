@@ -244,8 +244,9 @@ def decide(
     threshold = f"{threshold_pct:g}%"
     # History only lengthens the waits, so below the configured ones it cannot matter: skip
     # reading it (most polls of most instances end here).
-    shortest = idle_cfg.window_released if run.released > timedelta(0) else idle_cfg.window
-    shortest = min(shortest, idle_cfg.window)
+    # window_released: 0s switches the released-memory shortcut off (never "stop at once").
+    use_released = idle_cfg.window_released > timedelta(0) and run.released > timedelta(0)
+    shortest = min(idle_cfg.window_released, idle_cfg.window) if use_released else idle_cfg.window
     if timedelta(0) < run.held < shortest:
         reasons.append(
             f"GPUs under {threshold} for the last {idle_minutes:g} min "
@@ -253,8 +254,7 @@ def decide(
         )
     elif run.held > timedelta(0):
         waits = _waits(samples, config)
-        # A zero wait (window_released: 0s) must not make a busy or held run "released".
-        released_ok = run.released > timedelta(0) and run.released >= waits.released
+        released_ok = use_released and run.released >= waits.released
         held_ok = run.held >= waits.held
         # Each sample stands for one period; a stretch with fewer samples than the coverage
         # rule asks for is a guess, not a measurement (one datapoint per 10 minutes is not
@@ -287,7 +287,7 @@ def decide(
             reasons.extend(waits.reasons)
             return build(Verdict.IDLE, _MODE_ACTION[config.mode], window)
         else:
-            wait = waits.released if run.released > timedelta(0) else waits.held
+            wait = waits.released if use_released else waits.held
             reasons.append(
                 f"GPUs under {threshold} for the last {idle_minutes:g} min "
                 f"(not yet idle: wait {_minutes(min(wait, waits.held)):g} min)"

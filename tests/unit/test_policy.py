@@ -89,6 +89,17 @@ def test_zero_released_window_does_not_make_everything_idle() -> None:
     assert decision.verdict is not Verdict.IDLE
 
 
+def test_zero_released_window_switches_the_shortcut_off() -> None:
+    # Released memory for 12 min is idle at the default 10 min; with 0s the full window applies.
+    released = util(busy_then_idle(12, mem=40.0))
+    off = config("idle.window_released=0s")
+    assert decide(INSTANCE, released, PRICE, off, NOW).verdict is not Verdict.IDLE
+    just_released = util(busy_then_idle(1, mem=40.0))
+    assert decide(INSTANCE, just_released, PRICE, off, NOW).verdict is not Verdict.IDLE
+    long_released = util(busy_then_idle(61, mem=40.0))
+    assert decide(INSTANCE, long_released, PRICE, off, NOW).idle_window_minutes == 60
+
+
 @pytest.mark.parametrize(("mode", "action"), [("audit", "report"), ("notify", "notify")])
 def test_action_follows_the_mode(mode: str, action: str) -> None:
     decision = decide(INSTANCE, util(busy_then_idle(70)), PRICE, config(f"mode={mode}"), NOW)
