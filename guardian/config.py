@@ -69,8 +69,9 @@ class IdleConfig(_Section):
     min_uptime: Duration = timedelta(minutes=20)
     max_staleness: Duration = timedelta(minutes=10)
     grace: Duration = timedelta(minutes=15)
-    # Extension: the share of the lookback (or of the uptime, if shorter) that must have samples
-    # before any verdict other than `unmeasured` is given.
+    # Extension: the share of the time since measuring began (the lookback start, the launch or
+    # the first sample, whichever is latest) that must have samples before any verdict other
+    # than `unmeasured` is given.
     min_coverage: float = Field(0.5, gt=0, le=1)
     # Extension (guardian.policy_history): signals from the instance's own lookback that may
     # only lengthen the wait. Wait this multiple of its longest pause that ended in work (0 = off)

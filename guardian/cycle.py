@@ -66,7 +66,8 @@ def audit_cycle(
             )
         series = provider.utilisation(discovery.instances, start, now)
         for instance in discovery.instances:
-            utilisation = series.get(instance.key) or GpuUtilisation(
+            # pop: each instance's samples are dropped once decided, not kept for the fleet
+            utilisation = series.pop(instance.key, None) or GpuUtilisation(
                 error="the provider returned no metrics entry for this instance"
             )
             price = assess(catalog, instance)

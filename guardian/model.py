@@ -68,7 +68,7 @@ class GpuInstance:
         return f"{self.provider}:{self.account}:{self.instance_id}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)  # the most numerous object: a fleet holds millions
 class GpuSample:
     """One timestamp of an instance's GPUs, already reduced over its GPUs.
 

@@ -62,7 +62,8 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
             highlight=False,
         )
     if fmt is OutputFormat.JSON:
-        sys.stdout.write(json.dumps(findings_json(result, config), indent=2) + "\n")
+        json.dump(findings_json(result, config), sys.stdout, indent=2)
+        sys.stdout.write("\n")
     elif fmt is OutputFormat.CSV:
         sys.stdout.write(findings_csv(result))
     else:

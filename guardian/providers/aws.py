@@ -10,8 +10,9 @@ which is how the tests and ``guardian demo`` point it at moto.
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -73,26 +74,47 @@ def _operation(exc: BaseException, service: str, default: str) -> str:
 Fetched = tuple[dict[str, Points], dict[str, str]]  # points and failures by query id
 
 
-def _collect(
-    fetches: Sequence[tuple[list[Query], Future[Fetched]]],
-) -> tuple[dict[str, Points], dict[str, str], dict[str, list[Query]]]:
-    """Every batch's answer merged: points and failures by query id, queries by instance. A
-    failed call fails each of its queries, with the call's error as the reason."""
-    points: dict[str, Points] = {}
-    failed: dict[str, str] = {}
+def _reduce_as_completed(
+    batch_of: dict[Future[Fetched], list[Query]],
+    measured: Sequence[GpuInstance],
+    names: MetricNames,
+) -> dict[str, GpuUtilisation]:
+    """Reduce each instance to its samples as soon as every batch holding its queries is in,
+    then drop its raw points: memory stays bounded by the batches in flight, not the fleet.
+
+    Takes the futures over (``batch_of`` is emptied), so no answer outlives its reduction. A
+    failed call fails each of its queries, with the call's error as the reason.
+    """
+    by_key = {instance.key: instance for instance in measured}
     queries: dict[str, list[Query]] = {}
-    for batch, future in fetches:
+    outstanding: Counter[str] = Counter()
+    for batch in batch_of.values():
         for query in batch:
             queries.setdefault(query.instance_key, []).append(query)
+        outstanding.update({query.instance_key for query in batch})
+    points: dict[str, Points] = {}
+    failed: dict[str, str] = {}
+    result: dict[str, GpuUtilisation] = {}
+    for future in as_completed(list(batch_of)):
+        batch = batch_of.pop(future)  # drop our reference: the answer is not kept twice
         try:
             batch_points, batch_failed = future.result()
         except Exception as exc:
             error = map_aws_error(exc, operation="cloudwatch:GetMetricData")
             failed.update({query.id: str(error) for query in batch})
-            continue
-        points.update(batch_points)
-        failed.update(batch_failed)
-    return points, failed, queries
+        else:
+            points.update(batch_points)
+            failed.update(batch_failed)
+        for key in {query.instance_key for query in batch}:
+            outstanding[key] -= 1
+            if outstanding[key]:
+                continue
+            mine = queries.pop(key)
+            result[key] = reduce_instance(by_key[key], mine, points, failed, names)
+            for query in mine:
+                points.pop(query.id, None)
+                failed.pop(query.id, None)
+    return result
 
 
 class AwsProvider:
@@ -231,7 +253,7 @@ class AwsProvider:
         for instance in instances:
             groups.setdefault((instance.account, instance.region), []).append(instance)
         readers = self._readers(groups, result)
-        fetches: list[tuple[list[Query], Future[Fetched]]] = []
+        fetches: dict[Future[Fetched], list[Query]] = {}
         measured: list[GpuInstance] = []
         with self._pool(2 * len(readers)) as pool:
             # Phase 1, all regions at once: which series each instance has, per metric.
@@ -264,7 +286,7 @@ class AwsProvider:
                 )
                 for batch in batches:
                     future = pool.submit(fetch_batch, cloudwatch, batch, names, start, end)
-                    fetches.append((batch, future))
+                    fetches[future] = batch
                 for instance in members:
                     if instance.instance_id in util:
                         measured.append(instance)
@@ -272,11 +294,7 @@ class AwsProvider:
                         result[instance.key] = GpuUtilisation(
                             period_s=names.period_s, error=no_series_error(instance, names)
                         )
-            points, failed, queries = _collect(fetches)
-        for instance in measured:
-            result[instance.key] = reduce_instance(
-                instance, queries.get(instance.key, []), points, failed, names
-            )
+            result.update(_reduce_as_completed(fetches, measured, names))
         return result
 
     def _readers(
