@@ -9,9 +9,24 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from guardian.model import GpuInstance, GpuSample, GpuUtilisation
+from guardian.pricing import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+# A g5.xlarge and the CPU types that could stand in for it, at catalog prices.
+CATALOG = PriceCatalog(
+    types={
+        "aws": {
+            "us-east-1": {
+                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
+                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
+                "c7i.xlarge": TypePrice("c7i.xlarge", 4, 8, 0, None, 0.1785),
+            }
+        }
+    },
+    source={"aws": "catalog 2026-11-01"},
+)
 
 
 def make_instance(instance_id: str = "i-1", **changes: object) -> GpuInstance:

@@ -21,21 +21,8 @@ from guardian.config import Config
 from guardian.daemon import Daemon
 from guardian.errors import ConfigError
 from guardian.metrics_server import parse_listen
-from guardian.pricing import PriceCatalog, TypePrice
 from tests.e2e.receivers import HttpReceiver, NotifySocket, free_port, wait_for
-from tests.fake_provider import FakeProvider, flat_samples, make_instance
-
-CATALOG = PriceCatalog(
-    types={
-        "aws": {
-            "us-east-1": {
-                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
-                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
-            }
-        }
-    },
-    source={"aws": "catalog 2026-11-01"},
-)
+from tests.fake_provider import CATALOG, FakeProvider, flat_samples, make_instance
 
 
 @pytest.fixture

@@ -15,22 +15,10 @@ from guardian.cycle import CycleResult, audit_cycle
 from guardian.enforce import Enforcer, EnforceSummary
 from guardian.model import GpuInstance, GpuSample, Verdict
 from guardian.notify import Notifier
-from guardian.pricing import PriceCatalog, TypePrice
 from guardian.providers import StopResult, UnitError
 from guardian.store import ActionRow, Store
-from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
+from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
-CATALOG = PriceCatalog(
-    types={
-        "aws": {
-            "us-east-1": {
-                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
-                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
-            }
-        }
-    },
-    source={"aws": "catalog 2026-11-01"},
-)
 GRACE = timedelta(minutes=15)
 CHANNEL = "json://127.0.0.1:9/hook"  # never flushed here: the outbox rows are what we check
 

@@ -18,22 +18,10 @@ from guardian.errors import ConfigError
 from guardian.messages import Message, Style, b, neutralize, render, t, v, warning_message
 from guardian.model import Finding, Lifecycle
 from guardian.notify import Notifier, digest_summary, owner_address, validate_notify_urls
-from guardian.pricing import PriceCatalog, TypePrice
 from guardian.store import InstanceRef, Store
 from tests.e2e.receivers import HttpReceiver, SmtpReceiver, wait_for
-from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
+from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
-CATALOG = PriceCatalog(
-    types={
-        "aws": {
-            "us-east-1": {
-                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
-                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
-            }
-        }
-    },
-    source={"aws": "catalog 2026-11-01"},
-)
 HOSTILE = "<!here> @channel <@U123> @everyone <b>x</b> [click](http://evil) <script>\n\u202e!"
 FORBIDDEN = ("<!here>", "@channel", "@everyone", "<@U123>", "<b>x</b>", "<script>", "\u202e")
 

@@ -11,23 +11,9 @@ from rich.console import Console
 from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.model import Verdict
-from guardian.pricing import PriceCatalog, TypePrice
 from guardian.render import print_audit, sparkline
 from guardian.report import HOURS_PER_MONTH, findings_csv, findings_json
-from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
-
-CATALOG = PriceCatalog(
-    types={
-        "aws": {
-            "us-east-1": {
-                "g5.xlarge": TypePrice("g5.xlarge", 4, 16, 1, "A10G", 1.006),
-                "m7i.xlarge": TypePrice("m7i.xlarge", 4, 16, 0, None, 0.2016),
-                "c7i.xlarge": TypePrice("c7i.xlarge", 4, 8, 0, None, 0.1785),
-            }
-        }
-    },
-    source={"aws": "catalog 2026-11-01"},
-)
+from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
 FINDING_KEYS = {
     "provider", "account", "region", "zone", "instance_id", "name", "instance_type", "gpu_count",
