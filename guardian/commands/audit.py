@@ -51,16 +51,10 @@ def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
 
 
 def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
-    """Data on stdout; unit failures as warning lines on stderr."""
+    """Data on stdout. A unit that failed was already logged on stderr by the cycle (one
+    ``discovery_failed`` line naming it) and is listed under ``errors`` in the JSON."""
     from guardian.report import findings_csv, findings_json
 
-    errors = Console(stderr=True)
-    for error in result.errors:
-        errors.print(
-            f"[yellow]warning:[/] {error.provider} {error.account or ''} {error.region}: "
-            f"{error.operation} failed: {error.message}",
-            highlight=False,
-        )
     if fmt is OutputFormat.JSON:
         json.dump(findings_json(result, config), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -101,9 +95,9 @@ def audit(
         result = CycleResult(result.generated_at, kept, result.errors)
     if result.errors and not result.findings:
         first = result.errors[0]
-        emit(result, cfg, output)
+        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
         raise GuardianError(
-            f"nothing could be audited: {first.provider} {first.region}: {first.message}"
+            f"nothing could be audited: {first.provider} {first.region}: {first.message}{more}"
         )
     emit(result, cfg, output)
     if exit_code and any(f.decision.verdict is Verdict.IDLE for f in result.findings):

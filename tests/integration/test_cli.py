@@ -89,3 +89,23 @@ def test_log_format_is_validated(fmt: str) -> None:
     bad = run("--log-format", "xml", "check-config")
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr
+
+
+def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_CONFIG_FILE=str(tmp_path / "none"),
+        AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"),
+        AWS_EC2_METADATA_DISABLED="true",
+        GUARDIAN_CONFIG=str(tmp_path / "guardian.yaml"),
+    )
+    (tmp_path / "guardian.yaml").write_text(f"state_dir: {tmp_path}\n")
+    result = subprocess.run(
+        [*GUARDIAN, "audit"], capture_output=True, text=True, timeout=120, env=env, check=False
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("guardian: error:")]
+    assert len(errors) == 1
+    assert "no AWS credentials found" in errors[0]
+    assert "Traceback" not in result.stderr
