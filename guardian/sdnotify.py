@@ -28,9 +28,13 @@ def notify(*states: str) -> bool:
     payload = "\n".join(state.replace("\n", " ") for state in states).encode("utf-8")
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+            # Never wait: a datagram socket whose reader has stopped reading blocks a send once
+            # its queue is full, and that froze a cycle (and then SIGTERM) in a test. Dropping a
+            # ping is harmless; waiting on the service manager is not.
+            sock.setblocking(False)
             sock.connect(address)
-            sock.sendall(payload)
-    except OSError:
+            sock.send(payload)
+    except OSError:  # BlockingIOError (queue full) included
         return False
     return True
 

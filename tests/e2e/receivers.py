@@ -149,7 +149,8 @@ class SmtpReceiver:
 
 
 class NotifySocket:
-    """A unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``."""
+    """A unix datagram socket standing in for systemd's ``NOTIFY_SOCKET``, read continuously
+    as systemd reads it (a reader that stops reading fills the queue and loses datagrams)."""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -157,14 +158,29 @@ class NotifySocket:
         self.sock.bind(str(path))
         self.sock.settimeout(0.05)
         self.messages: list[str] = []
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        while not self._closed.is_set():
+            try:
+                message = self.sock.recv(4096).decode()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with self._lock:
+                self.messages.append(message)
 
     def drain(self) -> list[str]:
         """Every datagram received so far (kept across calls)."""
-        while True:
-            try:
-                self.messages.append(self.sock.recv(4096).decode())
-            except TimeoutError:
-                return self.messages
+        time.sleep(0.1)  # what was sent just before is in the queue: let the reader take it
+        with self._lock:
+            return list(self.messages)
 
     def close(self) -> None:
+        self._closed.set()
+        self._reader.join(timeout=2)
         self.sock.close()
