@@ -1,0 +1,63 @@
+"""`guardian audit` as a user runs it, against the moto server: formats, --region, --exit-code."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from guardian.simulated.aws import SimInstance, constant, seed_fleet
+from tests.conftest import MotoServer
+
+
+def audit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    config = tmp_path / "guardian.yaml"
+    config.write_text(f"state_dir: {tmp_path}\naws: {{regions: [us-east-1, eu-west-1]}}\n")
+    return subprocess.run(
+        [sys.executable, "-m", "guardian", "audit", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=False,
+    )
+
+
+def seed(moto_server: MotoServer) -> None:
+    now = datetime.now(UTC)
+    idle = constant(95.0, 20_000.0, 60) + constant(0.0, 0.0, 30)  # job ended 30 min ago
+    for region, spec in (
+        ("us-east-1", SimInstance("g5g.xlarge", idle, tags={"Name": "done"})),
+        (
+            "eu-west-1",
+            SimInstance("g5.xlarge", constant(90.0, 20_000.0, 90), tags={"Name": "busy"}),
+        ),
+    ):
+        ec2 = moto_server.client("ec2", region)
+        seed_fleet(ec2, moto_server.client("cloudwatch", region), [spec], now)
+
+
+def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) -> None:
+    seed(moto_server)
+
+    result = audit(tmp_path, "--format", "json", "--exit-code")
+    assert result.returncode == 1, result.stderr  # something is idle
+    document = json.loads(result.stdout)
+    verdicts = {f["name"]: f["verdict"] for f in document["findings"]}
+    assert verdicts == {"done": "idle", "busy": "busy"}
+    assert document["totals"]["by_verdict"]["idle"] == 1
+
+    only_eu = audit(tmp_path, "--format", "csv", "--region", "eu-west-1", "--exit-code")
+    assert only_eu.returncode == 0, only_eu.stderr  # nothing idle there
+    rows = list(csv.DictReader(io.StringIO(only_eu.stdout)))
+    assert [(r["name"], r["region"], r["verdict"]) for r in rows] == [("busy", "eu-west-1", "busy")]
+
+    table = audit(tmp_path)
+    assert table.returncode == 0  # without --exit-code an idle instance is not an error
+    assert "done" in table.stdout
+    assert "idle burn" in table.stdout
