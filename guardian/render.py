@@ -11,7 +11,7 @@ from rich.text import Text
 
 from guardian.cycle import CycleResult
 from guardian.model import Finding, Verdict
-from guardian.report import totals
+from guardian.report import finding_reasons, totals
 
 __all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline"]
 
@@ -107,7 +107,7 @@ def reasons_lines(result: CycleResult) -> list[Text]:
         decision, price = finding.decision, finding.price
         if decision.verdict is Verdict.BUSY and not price.reason:
             continue
-        reasons = list(decision.reasons) + ([price.reason] if price.reason else [])
+        reasons = finding_reasons(finding)
         label = finding.instance.name or finding.instance.instance_id
         line = Text(f"{label}: ", style=VERDICT_STYLE[decision.verdict])
         line.append("; ".join(reasons) or decision.verdict.value)

@@ -23,6 +23,7 @@ __all__ = [
     "HOURS_PER_MONTH",
     "Totals",
     "finding_json",
+    "finding_reasons",
     "findings_csv",
     "findings_json",
     "totals",
@@ -74,6 +75,16 @@ def totals(findings: Sequence[Finding]) -> Totals:
     )
 
 
+def finding_reasons(finding: Finding) -> list[str]:
+    """The decision's reasons, plus why the price is unknown unless a reason says so already
+    (the policy quotes it when it could not judge underuse)."""
+    reasons = list(finding.decision.reasons)
+    missing_price = finding.price.reason
+    if missing_price and not any(missing_price in reason for reason in reasons):
+        reasons.append(missing_price)
+    return reasons
+
+
 def finding_json(finding: Finding) -> dict[str, Any]:
     inst, price, decision = finding.instance, finding.price, finding.decision
     equivalent = price.cpu_equivalent
@@ -106,7 +117,7 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "premium": price.premium,
         "required_speedup": decision.required_speedup,
         "verdict": decision.verdict.value,
-        "reasons": list(decision.reasons) + ([price.reason] if price.reason else []),
+        "reasons": finding_reasons(finding),
         "wasted_usd": decision.wasted_usd,
         "action": decision.action,
     }

@@ -65,7 +65,7 @@ def test_json_contract() -> None:
     assert odd["hourly_price"] is None
     assert odd["premium"] is None
     assert odd["wasted_usd"] is None
-    assert any("no price for x9.weird" in r for r in odd["reasons"])
+    assert sum("no price for x9.weird" in r for r in odd["reasons"]) == 1  # said once
     # sorted by money wasted, most first
     assert document["findings"][0]["instance_id"] == "i-idle"
     totals = document["totals"]
@@ -108,3 +108,13 @@ def test_idle_instance_sparkline_covers_last_hour() -> None:
     assert len(idle.sparkline) == 30
     assert all(v == 0 for v in idle.sparkline)
     assert idle.decision.verdict is Verdict.IDLE
+
+
+def test_an_unknown_price_is_explained_once() -> None:
+    # The policy already quotes the price problem when it cannot judge underuse.
+    busy_odd = make_instance("i-busy-odd", instance_type="x9.weird")
+    provider = FakeProvider([busy_odd], {busy_odd.key: flat_samples(90, 24 * 60)})
+    result = audit_cycle(Config(), [provider], CATALOG, NOW)
+    (finding,) = findings_json(result, Config())["findings"]
+    assert finding["verdict"] == "busy"
+    assert sum("no price for x9.weird" in r for r in finding["reasons"]) == 1
