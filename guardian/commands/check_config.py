@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Annotated
 
 import typer
@@ -28,21 +29,15 @@ def check_config(
     if not probe:
         return
     failures = 0
-    if cfg.aws.enabled:
-        from guardian.providers.aws import probe_credentials
-
+    for name, enabled in (("aws", cfg.aws.enabled), ("gcp", cfg.gcp.enabled)):
+        if not enabled:
+            continue
+        # Each provider module imports its SDK: only the enabled ones are loaded.
+        probe_credentials = importlib.import_module(f"guardian.providers.{name}").probe_credentials
         try:
-            typer.echo(f"# aws: credentials OK: {probe_credentials(cfg)}")
+            typer.echo(f"# {name}: credentials OK: {probe_credentials(cfg)}")
         except GuardianError as exc:
-            typer.echo(f"# aws: credentials FAILED: {exc}", err=True)
-            failures += 1
-    if cfg.gcp.enabled:
-        from guardian.providers.gcp import probe_credentials as probe_gcp
-
-        try:
-            typer.echo(f"# gcp: credentials OK: {probe_gcp(cfg)}")
-        except GuardianError as exc:
-            typer.echo(f"# gcp: credentials FAILED: {exc}", err=True)
+            typer.echo(f"# {name}: credentials FAILED: {exc}", err=True)
             failures += 1
     if failures:
         raise typer.Exit(2)
