@@ -72,17 +72,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def bench_process(seconds: float, warmup: float, scenario: str) -> dict[str, Any]:
-    guardian = str(Path(sys.executable).with_name("guardian"))
+def bench_process(seconds: float, warmup: float, scenario: str | None) -> dict[str, Any]:
+    """The agent as a subprocess; ``scenario`` None reads the real NVML."""
+    # ``python -m guardian``: on a GPU box the package may be on PYTHONPATH, with no script.
+    guardian = [sys.executable, "-m", "guardian"]
+    simulate = ["--simulate", scenario] if scenario else []
     port = free_port()
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
-            guardian,
+            *guardian,
             "--log-level",
             "warning",
             "agent",
-            "--simulate",
-            scenario,
+            *simulate,
             "--run-dir",
             run_dir,
             "--set",
@@ -91,6 +93,8 @@ def bench_process(seconds: float, warmup: float, scenario: str) -> dict[str, Any
             f"agent.listen=127.0.0.1:{port}",
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith(("GUARDIAN_", "AWS_"))}
+        if scenario is None and "GUARDIAN_NVML_BACKEND" in os.environ:  # a rehearsal
+            env["GUARDIAN_NVML_BACKEND"] = os.environ["GUARDIAN_NVML_BACKEND"]
         started = time.monotonic()
         agent = subprocess.Popen(command, env=env)
         try:
@@ -171,13 +175,53 @@ def bench_full_window(extra_polls: int) -> dict[str, Any]:
     }
 
 
+def bench_nvml_sample(samples: int) -> dict[str, Any]:
+    """Wall and CPU time of one direct sample of every GPU through the real NVML."""
+    from datetime import UTC, datetime
+
+    from guardian.gpu.nvml import Nvml, load_backend
+
+    nvml = Nvml.open(load_backend())
+    try:
+        first = nvml.sample(datetime.now(UTC))
+        wall0, cpu0 = time.perf_counter(), time.process_time()
+        for _ in range(samples):
+            nvml.sample(datetime.now(UTC))
+        wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    finally:
+        nvml.close()
+    return {
+        "gpus": len(first.gpus),
+        "samples": samples,
+        "wall_ms_per_sample": round(1000 * wall / samples, 3),
+        "cpu_ms_per_sample": round(1000 * cpu / samples, 3),
+    }
+
+
+def main_real_nvml(seconds: float, warmup: float, samples: int) -> dict[str, Any]:
+    return {
+        "cpu": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "nvml_sample": bench_nvml_sample(samples),
+        "process_real_nvml": bench_process(seconds, warmup, None),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=45.0, help="measured run (default 45)")
     parser.add_argument("--warmup", type=float, default=5.0, help="ignored start (default 5)")
     parser.add_argument("--polls", type=int, default=600, help="full-window polls to time")
     parser.add_argument("--json", action="store_true", help="print JSON only")
+    parser.add_argument(
+        "--real-nvml",
+        action="store_true",
+        help="on a GPU machine: the real NVML instead of the fake (per-sample cost, the process)",
+    )
     args = parser.parse_args()
+    if args.real_nvml:
+        print(json.dumps(main_real_nvml(args.seconds, args.warmup, args.polls), indent=2))
+        return
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as scenario:
         json.dump(EIGHT_IDLE, scenario)
     try:
@@ -186,7 +230,7 @@ def main() -> None:
         os.unlink(scenario.name)
     window = bench_full_window(args.polls)
     busy = bench_process(min(args.seconds, 20.0), args.warmup, "busy-8gpu")
-    result = {
+    result: dict[str, Any] = {
         "cpu": os.cpu_count(),
         "python": sys.version.split()[0],
         "process_idle_8gpu": process,
