@@ -13,7 +13,7 @@ from datetime import datetime
 import structlog
 
 from guardian.config import Config
-from guardian.model import Finding, GpuUtilisation
+from guardian.model import Finding, GpuInstance, GpuUtilisation
 from guardian.policy import decide
 from guardian.pricing import PriceCatalog, assess
 from guardian.providers import Provider, UnitError
@@ -64,15 +64,29 @@ def audit_cycle(
             progress(
                 f"{provider.name}: reading GPU metrics of {len(discovery.instances)} instances"
             )
-        series = provider.utilisation(discovery.instances, start, now)
-        for instance in discovery.instances:
-            # pop: each instance's samples are dropped once decided, not kept for the fleet
-            utilisation = series.pop(instance.key, None) or GpuUtilisation(
-                error="the provider returned no metrics entry for this instance"
-            )
-            price = assess(catalog, instance)
-            decision = decide(instance, utilisation, price, config, now)
-            spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
-            findings.append(Finding(instance, price, decision, spark))
+        waiting = {instance.key: instance for instance in discovery.instances}
+        # Decide on each instance as its history arrives and keep only the finding: the fleet's
+        # samples (120 a GPU for 2 h at 60 s) are never all in memory at once.
+        for key, utilisation in provider.utilisation(discovery.instances, start, now):
+            instance = waiting.pop(key, None)
+            if instance is None:  # not asked for, or answered twice: the first answer stands
+                log.warning("unexpected_metrics_entry", provider=provider.name, instance=key)
+                continue
+            findings.append(_finding(instance, utilisation, catalog, config, now))
+        missing = GpuUtilisation(error="the provider returned no metrics entry for this instance")
+        findings.extend(_finding(i, missing, catalog, config, now) for i in waiting.values())
     findings.sort(key=lambda f: (-(f.decision.wasted_usd or 0.0), f.instance.key))
     return CycleResult(generated_at=now, findings=tuple(findings), errors=tuple(errors))
+
+
+def _finding(
+    instance: GpuInstance,
+    utilisation: GpuUtilisation,
+    catalog: PriceCatalog,
+    config: Config,
+    now: datetime,
+) -> Finding:
+    price = assess(catalog, instance)
+    decision = decide(instance, utilisation, price, config, now)
+    spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
+    return Finding(instance, price, decision, spark)

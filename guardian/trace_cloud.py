@@ -53,7 +53,7 @@ def _provider_history(
     periods: dict[str, int] = {}
     failures: dict[str, list[str]] = {i.key: [] for i in instances}
     for lower, upper in spans:
-        fetched = provider.utilisation(instances, lower, upper)
+        fetched = dict(provider.utilisation(instances, lower, upper))
         for instance in instances:
             utilisation = fetched.get(instance.key)
             if utilisation is None or utilisation.error:

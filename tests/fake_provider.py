@@ -4,7 +4,7 @@ the GCP fakes."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
@@ -79,17 +79,18 @@ class FakeProvider:
 
     def utilisation(
         self, instances: Sequence[GpuInstance], start: datetime, end: datetime
-    ) -> dict[str, GpuUtilisation]:
+    ) -> Iterator[tuple[str, GpuUtilisation]]:
         self.utilisation_calls += 1
-        result = {}
         for instance in instances:
             series = tuple(s for s in self.samples.get(instance.key, ()) if start <= s.at <= end)
-            result[instance.key] = (
-                GpuUtilisation(series, 60, instance.gpu_count)
-                if series
-                else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
+            yield (
+                instance.key,
+                (
+                    GpuUtilisation(series, 60, instance.gpu_count)
+                    if series
+                    else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
+                ),
             )
-        return result
 
     def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
         self.stopped.append(instance.key)

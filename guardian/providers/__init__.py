@@ -6,7 +6,7 @@ Importing this package imports no cloud SDK; ``guardian.providers.aws`` and ``.g
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Protocol
@@ -53,9 +53,11 @@ class Provider(Protocol):
 
     def utilisation(
         self, instances: Sequence[GpuInstance], start: datetime, end: datetime
-    ) -> dict[str, GpuUtilisation]:
-        """Per-instance GPU history keyed by ``GpuInstance.key``; every instance gets an entry
-        (with ``error`` set where its batch failed), batched to the API's limits."""
+    ) -> Iterator[tuple[str, GpuUtilisation]]:
+        """``(GpuInstance.key, history)`` for every instance exactly once (with ``error`` set
+        where its batch failed), fetched in batches at the API's limits and yielded as soon as
+        an instance's data are in, in no particular order: a caller that decides on each and
+        drops it holds the batches in flight, not the fleet's history."""
         ...
 
     def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
 from datetime import datetime
 from typing import TYPE_CHECKING
@@ -78,9 +78,10 @@ def _reduce_as_completed(
     batch_of: dict[Future[Fetched], list[Query]],
     measured: Sequence[GpuInstance],
     names: MetricNames,
-) -> dict[str, GpuUtilisation]:
+) -> Iterator[tuple[str, GpuUtilisation]]:
     """Reduce each instance to its samples as soon as every batch holding its queries is in,
-    then drop its raw points: memory stays bounded by the batches in flight, not the fleet.
+    yield it and drop its raw points: memory stays bounded by the batches in flight (and what
+    the caller keeps), not the fleet.
 
     Takes the futures over (``batch_of`` is emptied), so no answer outlives its reduction. A
     failed call fails each of its queries, with the call's error as the reason.
@@ -94,7 +95,6 @@ def _reduce_as_completed(
         outstanding.update({query.instance_key for query in batch})
     points: dict[str, Points] = {}
     failed: dict[str, str] = {}
-    result: dict[str, GpuUtilisation] = {}
     for future in as_completed(list(batch_of)):
         batch = batch_of.pop(future)  # drop our reference: the answer is not kept twice
         try:
@@ -110,11 +110,11 @@ def _reduce_as_completed(
             if outstanding[key]:
                 continue
             mine = queries.pop(key)
-            result[key] = reduce_instance(by_key[key], mine, points, failed, names)
+            reduced = reduce_instance(by_key[key], mine, points, failed, names)
             for query in mine:
                 points.pop(query.id, None)
                 failed.pop(query.id, None)
-    return result
+            yield key, reduced
 
 
 class AwsProvider:
@@ -244,15 +244,15 @@ class AwsProvider:
 
     def utilisation(
         self, instances: Sequence[GpuInstance], start: datetime, end: datetime
-    ) -> dict[str, GpuUtilisation]:
+    ) -> Iterator[tuple[str, GpuUtilisation]]:
         names = self._names
         start, end = aligned_window(start, end, names.period_s)
         max_queries = queries_per_call(start, end, names.period_s, self._limits)
-        result: dict[str, GpuUtilisation] = {}
         groups: dict[tuple[str, str], list[GpuInstance]] = {}
         for instance in instances:
             groups.setdefault((instance.account, instance.region), []).append(instance)
-        readers = self._readers(groups, result)
+        readers, unreachable = self._readers(groups)
+        yield from unreachable
         fetches: dict[Future[Fetched], list[Query]] = {}
         measured: list[GpuInstance] = []
         with self._pool(2 * len(readers)) as pool:
@@ -274,7 +274,7 @@ class AwsProvider:
                 try:
                     util = listings[(unit, names.gpu_util)].result()
                 except Exception as exc:
-                    self._fail(result, members, exc, "cloudwatch:ListMetrics")
+                    yield from self._fail(members, exc, "cloudwatch:ListMetrics")
                     continue
                 try:
                     mem = listings[(unit, names.gpu_mem_used)].result()
@@ -291,33 +291,33 @@ class AwsProvider:
                     if instance.instance_id in util:
                         measured.append(instance)
                     else:
-                        result[instance.key] = GpuUtilisation(
-                            period_s=names.period_s, error=no_series_error(instance, names)
+                        yield (
+                            instance.key,
+                            GpuUtilisation(
+                                period_s=names.period_s, error=no_series_error(instance, names)
+                            ),
                         )
-            result.update(_reduce_as_completed(fetches, measured, names))
-        return result
+            # The pool stays open while the caller decides on each instance: fetching goes on.
+            yield from _reduce_as_completed(fetches, measured, names)
 
     def _readers(
-        self, groups: Mapping[tuple[str, str], list[GpuInstance]], result: dict[str, GpuUtilisation]
-    ) -> dict[tuple[str, str], CloudWatchClient]:
+        self, groups: Mapping[tuple[str, str], list[GpuInstance]]
+    ) -> tuple[dict[tuple[str, str], CloudWatchClient], list[tuple[str, GpuUtilisation]]]:
         """A CloudWatch client per (account, region), made on this thread before the workers
-        share them; a unit whose account cannot be reached fails here."""
+        share them; the instances of a unit whose account cannot be reached fail here."""
         readers: dict[tuple[str, str], CloudWatchClient] = {}
+        failed: list[tuple[str, GpuUtilisation]] = []
         for (account, region), members in groups.items():
             try:
                 access = self._access(account)
                 readers[(account, region)] = self._clients.client(access, "cloudwatch", region)
             except Exception as exc:
-                self._fail(result, members, exc, "cloudwatch:ListMetrics")
-        return readers
+                failed.extend(self._fail(members, exc, "cloudwatch:ListMetrics"))
+        return readers, failed
 
     def _fail(
-        self,
-        result: dict[str, GpuUtilisation],
-        members: Sequence[GpuInstance],
-        exc: BaseException,
-        operation: str,
-    ) -> None:
+        self, members: Sequence[GpuInstance], exc: BaseException, operation: str
+    ) -> list[tuple[str, GpuUtilisation]]:
         error = map_aws_error(exc, operation=_operation(exc, "cloudwatch", operation))
         log.warning(
             "aws_metrics_failed",
@@ -326,8 +326,8 @@ class AwsProvider:
             instances=len(members),
             error=str(error),
         )
-        for instance in members:
-            result[instance.key] = GpuUtilisation(period_s=self._names.period_s, error=str(error))
+        failure = GpuUtilisation(period_s=self._names.period_s, error=str(error))
+        return [(instance.key, failure) for instance in members]
 
     # -- stop -----------------------------------------------------------------------------------
 

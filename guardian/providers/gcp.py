@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -215,7 +215,7 @@ class GcpProvider:
 
     def utilisation(
         self, instances: Sequence[GpuInstance], start: datetime, end: datetime
-    ) -> dict[str, GpuUtilisation]:
+    ) -> Iterator[tuple[str, GpuUtilisation]]:
         ours = [i for i in instances if i.provider == self.name]
         projects = sorted({i.account for i in ours})
         jobs = self._metric_jobs(projects)
@@ -235,16 +235,18 @@ class GcpProvider:
                     log.warning("gcp_metrics_failed", project=job[0], metric=job[1], error=str(exc))
                     results[job] = exc
         period = self._gcp.metrics.period
-        return {
-            i.key: utilisation_for(
-                i,
-                results[(i.account, "util")],
-                results.get((i.account, "mem")),
-                self._gcp.metrics.gpu_util,
-                period,
+        # One query per project and metric answers for all its VMs at once: nothing to stream.
+        for i in ours:
+            yield (
+                i.key,
+                utilisation_for(
+                    i,
+                    results[(i.account, "util")],
+                    results.get((i.account, "mem")),
+                    self._gcp.metrics.gpu_util,
+                    period,
+                ),
             )
-            for i in ours
-        }
 
     # --- stop ----------------------------------------------------------------------------
 

@@ -207,7 +207,9 @@ def test_cloudwatch_publishing_is_read_back_by_the_daemon(
         launch_time=clock.now() - timedelta(hours=2),
         gpu_count=8,
     )
-    utilisation = provider.utilisation([instance], clock.now() - timedelta(minutes=30), clock.now())
+    utilisation = dict(
+        provider.utilisation([instance], clock.now() - timedelta(minutes=30), clock.now())
+    )
     provider.close()
     got = utilisation[instance.key]
     assert got.error is None

@@ -83,7 +83,9 @@ def test_reads_each_gpu_series_by_its_exact_dimensions_and_reduces_them(
 
     provider = provider_for(aws_wire, aws_gpu_catalog)
     instances = [i for i in provider.discover().instances if i.instance_id != stranger]
-    result = provider.utilisation(instances, now - timedelta(hours=1), now + timedelta(seconds=30))
+    result = dict(
+        provider.utilisation(instances, now - timedelta(hours=1), now + timedelta(seconds=30))
+    )
 
     by_id = {i.instance_id: result[i.key] for i in instances}
     m = by_id[multi]
@@ -160,7 +162,11 @@ def test_300_instances_of_2_gpus_take_3_calls_of_at_most_500_queries(
     instances = provider.discover().instances
     assert len(instances) == 300
     assert {i.gpu_count for i in instances} == {2}
-    result = provider.utilisation(instances, now - timedelta(minutes=30), now)
+    entries = provider.utilisation(instances, now - timedelta(minutes=30), now)
+    assert not aws_wire.sent("cloudwatch:ListMetrics")  # lazy: nothing is fetched until asked
+    pairs = list(entries)
+    result = dict(pairs)
+    assert len(pairs) == len(result) == 300  # every instance exactly once
 
     calls = aws_wire.sent("cloudwatch:GetMetricData")
     sizes = [len(c.params["MetricDataQueries"]) for c in calls]
@@ -182,7 +188,7 @@ def test_an_instance_without_the_agent_gets_a_clear_error(
     (bare,) = launch_gpu_instances(moto_server.client("ec2"), "g5.xlarge")
     provider = provider_for(aws_wire, aws_gpu_catalog)
     (instance,) = provider.discover().instances
-    result = provider.utilisation([instance], now_minute() - timedelta(hours=1), now_minute())
+    result = dict(provider.utilisation([instance], now_minute() - timedelta(hours=1), now_minute()))
     assert result[instance.key].error == (
         f"no nvidia_smi_utilization_gpu series in CWAgent for {bare} reporting in the last 3 h: "
         "install the CloudWatch agent with the nvidia_gpu plugin (append_dimensions InstanceId)"
@@ -202,7 +208,7 @@ def test_a_failed_batch_costs_only_its_instances_and_never_raises(
     provider = provider_for(aws_wire, aws_gpu_catalog, limits=AwsLimits(metric_queries=2))
     instances = provider.discover().instances
     aws_wire.fail("cloudwatch:GetMetricData", "Throttling", status=400, times=1)
-    result = provider.utilisation(instances, now - timedelta(minutes=10), now)
+    result = dict(provider.utilisation(instances, now - timedelta(minutes=10), now))
     errors = [result[i.key].error for i in instances]
     assert sum(e is not None for e in errors) == 1
     (error,) = [e for e in errors if e]
@@ -223,7 +229,7 @@ def test_a_denied_listing_fails_its_region_only(
     aws_wire.fail("cloudwatch:ListMetrics", "AccessDenied", status=403, region="eu-west-1")
     provider = provider_for(aws_wire, aws_gpu_catalog)
     instances = {i.instance_id: i for i in provider.discover().instances}
-    result = provider.utilisation(list(instances.values()), now - timedelta(minutes=10), now)
+    result = dict(provider.utilisation(list(instances.values()), now - timedelta(minutes=10), now))
     assert result[instances[east].key].error is None
     assert len(result[instances[east].key].samples) == 3
     west_error = result[instances[west].key].error
@@ -249,7 +255,7 @@ def test_configured_namespace_metric_names_and_period_are_used(
     metrics = {"namespace": "Custom/GPU", "gpu_util": "gpu_util", "gpu_mem_used": "gpu_mem"}
     provider = provider_for(aws_wire, aws_gpu_catalog, metrics={**metrics, "period": 300})
     instances = provider.discover().instances
-    result = provider.utilisation(instances, now - timedelta(minutes=30), now)
+    result = dict(provider.utilisation(instances, now - timedelta(minutes=30), now))
     utilisation = result[instances[0].key]
     assert utilisation.period_s == 300
     assert [(s.gpu_util_pct, s.mem_used_mib) for s in utilisation.samples] == [(7.0, 70.0)] * 3
@@ -274,8 +280,8 @@ def test_every_instance_gets_an_entry_even_from_an_unknown_account(
         launch_time=datetime.now(UTC) - timedelta(days=1),
         gpu_count=1,
     )
-    result = provider.utilisation(
-        [ghost], datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC)
+    result = dict(
+        provider.utilisation([ghost], datetime.now(UTC) - timedelta(hours=1), datetime.now(UTC))
     )
     assert "999999999999" in (result[ghost.key].error or "")
 
@@ -295,7 +301,7 @@ def test_each_region_gets_its_own_metrics(
     provider = provider_for(aws_wire, aws_gpu_catalog)
     instances = provider.discover().instances
     assert {i.region for i in instances} == set(values)
-    result = provider.utilisation(instances, now - timedelta(hours=1), now)
+    result = dict(provider.utilisation(instances, now - timedelta(hours=1), now))
     for instance in instances:
         samples = result[instance.key].samples
         assert samples, result[instance.key].error

@@ -156,7 +156,7 @@ def test_the_indexed_store_lists_each_series_once_and_reads_a_day_of_a_fleet(
 
     provider = AwsProvider(Config(), session=aws_wire.session, catalog=aws_gpu_catalog)
     instances = provider.discover().instances
-    result = provider.utilisation(instances, now - timedelta(hours=24), now)
+    result = dict(provider.utilisation(instances, now - timedelta(hours=24), now))
     assert {len(result[i.key].samples) for i in instances} == {1440}
     assert {result[i.key].gpus_reporting for i in instances} == {4}
     # 80 series of 1441 minutes: at most 69 queries a call (one page), whole instances: 64 + 16.

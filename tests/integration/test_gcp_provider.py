@@ -311,7 +311,7 @@ def test_one_monitoring_call_per_project_and_metric_serves_every_vm(fakes: Fakes
     found = provider.discover()
     start = NOW - timedelta(hours=1)
 
-    series = provider.utilisation(found.instances, start, NOW)
+    series = dict(provider.utilisation(found.instances, start, NOW))
 
     assert set(series) == {i.key for i in found.instances}
     calls = fakes.ms.first_pages()
@@ -431,7 +431,9 @@ def test_dcgm_metrics_are_read_as_fractions_with_their_state_label(fakes: Fakes)
         ["proj-a"], gcp={"metrics": {"gpu_util": dcgm_util, "gpu_mem_used": dcgm_mem, "period": 60}}
     )
     found = provider.discover()
-    [utilisation] = provider.utilisation(found.instances, NOW - timedelta(hours=1), NOW).values()
+    [utilisation] = dict(
+        provider.utilisation(found.instances, NOW - timedelta(hours=1), NOW)
+    ).values()
     assert [(s.gpu_util_pct, s.mem_used_mib) for s in utilisation.samples] == [
         (25.0, 1024.0),
         (50.0, 512.0),

@@ -75,7 +75,9 @@ def test_start_simulated_gcp_serves_what_it_is_given_until_stopped() -> None:
     provider = GcpProvider(config)
     try:
         [instance] = provider.discover().instances
-        [utilisation] = provider.utilisation([instance], now - timedelta(hours=1), now).values()
+        [utilisation] = dict(
+            provider.utilisation([instance], now - timedelta(hours=1), now)
+        ).values()
         assert [(s.gpu_util_pct, s.mem_used_mib) for s in utilisation.samples] == [(42.0, 1000.0)]
     finally:
         provider.close()
