@@ -22,6 +22,7 @@ from botocore.utils import parse_timestamp
 
 from guardian.config import AwsAccount
 from guardian.errors import AuthError
+from guardian.providers.aws_parse_gate import ParseGate
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -33,6 +34,8 @@ __all__ = ["AccountAccess", "AwsClients", "CallCounter", "account_from_role_arn"
 ROLE_SESSION_NAME = "gpu-guardian"
 # Assume a role again this long before its credentials expire, so no call runs on stale keys.
 REFRESH_BEFORE = timedelta(minutes=10)
+# Responses of several MB (1,000 instances; 500 series of two hours), parsed one at a time.
+LARGE_RESPONSES = {"ec2": ("DescribeInstances",), "cloudwatch": ("GetMetricData",)}
 DEFAULT_CLIENT_CONFIG = BotoConfig(
     retries={"mode": "standard", "max_attempts": 5},
     connect_timeout=10,
@@ -68,13 +71,26 @@ class CallCounter:
         }
 
 
+_EPOCHS: dict[int | float, datetime] = {}  # epoch seconds → the one datetime for it
+_EPOCHS_MAX = 50_000  # a day of minutes is 1,440: this is many windows, yet bounded
+
+
 def fast_timestamp(value: Any) -> datetime:
     """botocore's timestamp parser, minus its cost for epoch numbers (CloudWatch answers in
     CBOR with epoch timestamps): botocore builds each in the local zone through dateutil, about
     20 us a datapoint, which dominates reading a day of minutes for thousands of GPUs. Same
-    instant, in UTC."""
+    instant, in UTC.
+
+    Every series of a GetMetricData answer has the same period timestamps, so each epoch maps
+    to one shared (immutable) datetime: 9,400 series of 121 points then hold 121 datetimes, not
+    1.1 million of 48 bytes each. Thread-safe: a race only builds a datetime twice."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        return datetime.fromtimestamp(value, UTC)
+        found = _EPOCHS.get(value)
+        if found is None:
+            if len(_EPOCHS) >= _EPOCHS_MAX:
+                _EPOCHS.clear()
+            found = _EPOCHS[value] = datetime.fromtimestamp(value, UTC)
+        return found
     return parse_timestamp(value)
 
 
@@ -123,6 +139,7 @@ class AwsClients:
         self._accounts: dict[str, AccountAccess] = {}
         self._default_account: str | None = None
         self.counter = CallCounter()
+        self._parse_gate = ParseGate()
 
     # -- accounts -------------------------------------------------------------------------------
 
@@ -222,6 +239,8 @@ class AwsClients:
                 aws_session_token=credentials.get("SessionToken"),
             )
             client.meta.events.register("before-call", self.counter)
+            if service in LARGE_RESPONSES:
+                self._parse_gate.attach(client.meta.events, service, LARGE_RESPONSES[service])
             self._clients[key] = client
             return client
 

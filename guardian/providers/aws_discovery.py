@@ -15,7 +15,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,7 +28,11 @@ from guardian.providers.aws_limits import AwsLimits
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
-    from mypy_boto3_ec2.type_defs import InstanceTypeDef, InstanceTypeInfoTypeDef
+    from mypy_boto3_ec2.type_defs import (
+        DescribeInstancesResultTypeDef,
+        InstanceTypeDef,
+        InstanceTypeInfoTypeDef,
+    )
 
 __all__ = ["GpuType", "GpuTypeCatalog", "discover_region", "gpu_type_from"]
 
@@ -187,8 +191,9 @@ def _to_instance(
     region: str,
     gpu: GpuType,
     owner_tags: Sequence[str],
-    spot_types: Mapping[str, str],
 ) -> GpuInstance:
+    """The instance as guardian sees it; a spot one is taken as one-time until its request's
+    type is known (``discover_region`` looks the requests up for the whole region at once)."""
     tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", []) if "Key" in tag}
     spot = raw.get("InstanceLifecycle") == "spot"
     return GpuInstance(
@@ -207,11 +212,14 @@ def _to_instance(
         tags=tags,
         owner=next((tags[key] for key in owner_tags if tags.get(key)), None),
         has_instance_store=gpu.has_instance_store,
-        # One-time spot instances cannot be stopped. Where the request cannot be found the
-        # instance is taken as one-time: guardian then only reports it, never tries to stop it.
-        spot_one_time=spot and spot_types.get(raw["InstanceId"], "one-time") == "one-time",
+        spot_one_time=spot,
         hibernation_configured=bool(raw.get("HibernationOptions", {}).get("Configured", False)),
     )
+
+
+def _page_instances(page: DescribeInstancesResultTypeDef) -> Iterator[InstanceTypeDef]:
+    for reservation in page["Reservations"]:
+        yield from reservation.get("Instances", [])
 
 
 def discover_region(
@@ -223,8 +231,13 @@ def discover_region(
     owner_tags: Sequence[str],
     limits: AwsLimits,
 ) -> list[GpuInstance]:
-    """Every running instance of a GPU type in one account and region, sorted by id."""
-    raw: dict[str, InstanceTypeDef] = {}
+    """Every running instance of a GPU type in one account and region, sorted by id.
+
+    Each page is turned into ``GpuInstance``s as it arrives and dropped: a page of 1,000 parsed
+    instances is about 10 MB of dicts, so holding a region's pages until the end would cost
+    memory in proportion to the fleet.
+    """
+    found: dict[str, GpuInstance] = {}  # by id: an instance is never counted twice
     paginator = ec2.get_paginator("describe_instances")
     for names in chunked(sorted(gpu_types), limits.filter_values):
         pages = paginator.paginate(
@@ -235,24 +248,20 @@ def discover_region(
             PaginationConfig={"PageSize": limits.page_size},
         )
         for page in pages:
-            for reservation in page["Reservations"]:
-                for instance in reservation.get("Instances", []):
-                    raw[instance["InstanceId"]] = instance
-    spot_ids = sorted(i for i, r in raw.items() if r.get("InstanceLifecycle") == "spot")
-    spot_types = _spot_request_types(ec2, spot_ids, limits) if spot_ids else {}
-    instances = []
-    for instance_id in sorted(raw):
-        gpu = gpu_types.get(raw[instance_id]["InstanceType"])
-        if gpu is None:  # cannot happen with an exact filter; a looser API must not fool us
-            continue
-        instances.append(
-            _to_instance(
-                raw[instance_id],
-                account=account,
-                region=region,
-                gpu=gpu,
-                owner_tags=owner_tags,
-                spot_types=spot_types,
-            )
-        )
-    return instances
+            for raw in _page_instances(page):
+                gpu = gpu_types.get(raw["InstanceType"])
+                if gpu is None:  # cannot happen with an exact filter; a looser API must not fool us
+                    continue
+                found[raw["InstanceId"]] = _to_instance(
+                    raw, account=account, region=region, gpu=gpu, owner_tags=owner_tags
+                )
+            del page  # not kept alive while the paginator fetches and parses the next one
+    spot_ids = sorted(i for i, instance in found.items() if instance.lifecycle is Lifecycle.SPOT)
+    if spot_ids:
+        # One-time spot instances cannot be stopped. Where the request cannot be found the
+        # instance stays one-time (as _to_instance made it): guardian then only reports it.
+        kinds = _spot_request_types(ec2, spot_ids, limits)
+        for instance_id in spot_ids:
+            if kinds.get(instance_id, "one-time") != "one-time":
+                found[instance_id] = replace(found[instance_id], spot_one_time=False)
+    return [found[instance_id] for instance_id in sorted(found)]

@@ -40,13 +40,17 @@ __all__ = [
 
 Kind = Literal["util", "mem"]
 Dims = tuple[tuple[str, str], ...]  # (name, value) pairs in the order ListMetrics gave them
-Points = list[tuple[datetime, float]]
+# One query's answer as CloudWatch's parsed response has it: timestamps and values in two
+# parallel lists, oldest first. Not zipped into tuples: that would be another 56-byte object per
+# datapoint, for every batch in flight.
+Points = tuple[list[datetime], list[float]]
 
 # ListMetrics only returns series with data in the last 3 hours (the API's only choice). An
 # older series could only ever give `unmeasured` (max_staleness is minutes), and without this a
 # busy account lists two weeks of terminated instances' series on every cycle.
 RECENTLY_ACTIVE: Final = "PT3H"
 _FAILED_STATUSES = frozenset({"Forbidden", "InternalError"})
+_NO_POINTS: Points = ([], [])
 
 
 @dataclass(frozen=True)
@@ -186,7 +190,7 @@ def fetch_batch(
     end: datetime,
 ) -> tuple[dict[str, Points], dict[str, str]]:
     """(query id → points oldest first, query id → why it failed) for one batch, every page."""
-    points: dict[str, Points] = {query.id: [] for query in batch}
+    points: dict[str, Points] = {query.id: ([], []) for query in batch}
     failed: dict[str, str] = {}
     body = [_query_body(query, names) for query in batch]
     token: str | None = None
@@ -210,12 +214,14 @@ def fetch_batch(
                 failed[query_id] = f"CloudWatch returned {status}" + (
                     f": {messages}" if messages else ""
                 )
-            points[query_id].extend(
-                (at.astimezone(UTC), float(value))
-                for at, value in zip(
-                    result.get("Timestamps", []), result.get("Values", []), strict=False
-                )
-            )
+            stamps, values = result.get("Timestamps", []), result.get("Values", [])
+            if len(stamps) != len(values):  # a malformed answer: keep what pairs up
+                stamps, values = stamps[: len(values)], values[: len(stamps)]
+            if stamps and stamps[0].tzinfo is not UTC:  # our clients parse to UTC already
+                stamps = [at.astimezone(UTC) for at in stamps]
+            times, floats = points[query_id]
+            times.extend(stamps)
+            floats.extend(values)
         token = response.get("NextToken")
         if not token:
             return points, failed
@@ -247,7 +253,8 @@ def reduce_instance(
         per_time = (util if query.kind == "util" else mem).setdefault(query.gpu, {})
         # Two series of one GPU (the agent's dimensions changed) merge; the max wins per time,
         # so the GPU still counts once at each timestamp.
-        for at, value in points.get(query.id, []):
+        times, values = points.get(query.id, _NO_POINTS)
+        for at, value in zip(times, values, strict=True):
             per_time[at] = max(value, per_time.get(at, value))
     samples = reduce_gpu_series(
         {gpu: sorted(series.items()) for gpu, series in util.items()},

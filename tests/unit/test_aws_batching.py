@@ -13,6 +13,7 @@ from guardian.providers.aws_limits import AwsLimits
 from guardian.providers.aws_metrics import (
     Dims,
     MetricNames,
+    Points,
     Query,
     aligned_window,
     plan_batches,
@@ -22,6 +23,11 @@ from guardian.providers.aws_metrics import (
 
 NAMES = MetricNames("CWAgent", "nvidia_smi_utilization_gpu", "nvidia_smi_memory_used", 60)
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+
+def columns(*pairs: tuple[datetime, float]) -> Points:
+    """Points as CloudWatch answers them: timestamps and values in parallel lists."""
+    return [at for at, _ in pairs], [value for _, value in pairs]
 
 
 def instance(instance_id: str, gpus: int = 2) -> GpuInstance:
@@ -111,10 +117,10 @@ def test_reduce_takes_the_max_over_gpus_and_marks_gaps_incomplete() -> None:
     ]
     t1, t2 = T0, T0 + timedelta(minutes=1)
     points = {
-        "q0": [(t1, 3.0), (t2, 0.0)],
-        "q1": [(t1, 70.0)],  # GPU 1 missed the second minute
-        "q2": [(t1, 100.0), (t2, 100.0)],
-        "q3": [(t1, 9000.0)],
+        "q0": columns((t1, 3.0), (t2, 0.0)),
+        "q1": columns((t1, 70.0)),  # GPU 1 missed the second minute
+        "q2": columns((t1, 100.0), (t2, 100.0)),
+        "q3": columns((t1, 9000.0)),
     }
     result = reduce_instance(inst, queries, points, {}, NAMES)
     assert result.error is None
@@ -132,7 +138,7 @@ def test_reduce_takes_the_max_over_gpus_and_marks_gaps_incomplete() -> None:
 def test_two_series_of_one_gpu_merge_and_count_once() -> None:
     inst = instance("i-a", gpus=1)
     queries = [_query("q0", "util", "0", inst), _query("q1", "util", "0", inst)]
-    points = {"q0": [(T0, 10.0)], "q1": [(T0, 40.0)]}
+    points = {"q0": columns((T0, 10.0)), "q1": columns((T0, 40.0))}
     (sample,) = reduce_instance(inst, queries, points, {}, NAMES).samples
     assert (sample.gpu_util_pct, sample.complete) == (40.0, True)
 
@@ -140,7 +146,7 @@ def test_two_series_of_one_gpu_merge_and_count_once() -> None:
 def test_a_failed_utilisation_query_is_an_error_a_failed_memory_query_is_not() -> None:
     inst = instance("i-a", gpus=1)
     queries = [_query("q0", "util", "0", inst), _query("q1", "mem", "0", inst)]
-    points = {"q0": [(T0, 1.0)], "q1": []}
+    points = {"q0": columns((T0, 1.0)), "q1": columns()}
     result = reduce_instance(inst, queries, points, {"q1": "CloudWatch returned Forbidden"}, NAMES)
     assert result.error is None
     assert result.samples[0].mem_used_mib is None
