@@ -14,6 +14,7 @@ import typer
 from guardian import __version__
 from guardian.errors import GuardianError
 from guardian.logs import LogFormat, configure_logging
+from guardian.malloc_tuning import limit_malloc_arenas
 
 __all__ = ["app", "main"]
 
@@ -63,6 +64,7 @@ _register_commands()
 
 def main() -> None:
     """Entry point: a user's mistake is one line on stderr and a non-zero exit, no traceback."""
+    limit_malloc_arenas()  # before any worker thread exists
     try:
         app()
     except GuardianError as exc:
