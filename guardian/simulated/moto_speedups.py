@@ -1,4 +1,4 @@
-"""Make an in-process moto server answer CloudWatch like the service: fast, but not instantly.
+"""Make an in-process moto server answer like AWS where it matters: fast, but not instantly.
 
 moto keeps every CloudWatch datum in one list. Its ListMetrics lists a multi-dimension series
 once per datum and deduplicates with a pairwise scan (quadratic: 48,000 datums take minutes),
@@ -23,6 +23,9 @@ calls.
   of the metric in a query without dimensions). Not supported: metric math and Metrics Insights
   expressions (a ValidationError says so), percentiles, and ListMetrics' ``RecentlyActive``
   (moto ignores it too).
+- It serves EC2 DescribeInstanceTypes in pages of ``MaxResults`` (at most 100) with a
+  NextToken, as AWS does; stock moto ignores MaxResults and answers all ~1,400 types at once,
+  about 6 MB of XML that no client of AWS ever has to parse in one piece.
 - It delays every AWS API request by ``latency_s`` on the server, in the request's own werkzeug
   thread, before moto handles it. Server side on purpose: the delay sits where AWS's does —
   between a request leaving and its answer arriving, holding a pooled connection — so calls made
@@ -59,6 +62,7 @@ __all__ = [
 
 DEFAULT_ACCOUNT = "123456789012"  # moto's account for the simulator's fake credentials
 LIST_PAGE = 500  # ListMetrics' page size on AWS (and in moto)
+TYPES_PAGE = 100  # DescribeInstanceTypes' largest page on AWS (moto ignores MaxResults)
 _STATE_ATTR = "_guardian_metric_index"
 _STATS = ("Maximum", "Minimum", "Average", "Sum", "SampleCount")
 _lock = threading.Lock()
@@ -360,6 +364,22 @@ _REPLACEMENTS = {
 }
 
 
+def _describe_instance_types(self: Any) -> Any:
+    """moto's DescribeInstanceTypes in pages of ``MaxResults`` (at most 100, as AWS serves
+    them) with a NextToken, instead of every type in one ~6 MB answer."""
+    from moto.core.responses import ActionResult
+
+    found = self.ec2_backend.describe_instance_types(
+        self._get_param("InstanceTypes", []), self._filters_from_querystring()
+    )
+    size = min(int(self._get_param("MaxResults") or TYPES_PAGE), TYPES_PAGE)
+    offset = int(self._get_param("NextToken") or 0)
+    result: dict[str, Any] = {"InstanceTypes": found[offset : offset + size]}
+    if offset + size < len(found):
+        result["NextToken"] = str(offset + size)
+    return ActionResult(result)
+
+
 def _delayed_dispatch(self: Any, environ: dict[str, Any], start_response: Any) -> Any:
     delay = _latency[0]
     if delay > 0 and not str(environ.get("PATH_INFO", "")).startswith("/moto-api"):
@@ -403,6 +423,7 @@ def latency_s() -> float:
 def install() -> None:
     """Index moto's CloudWatch in this process without touching the latency (idempotent)."""
     from moto.cloudwatch.models import CloudWatchBackend
+    from moto.ec2.responses.instances import InstanceResponse
 
     with _lock:
         if _originals:
@@ -412,15 +433,21 @@ def install() -> None:
                 raise RuntimeError(f"this moto has no CloudWatchBackend.{name} to index")
             _originals[name] = getattr(CloudWatchBackend, name)
             setattr(CloudWatchBackend, name, replacement)
+        _originals["ec2:describe_instance_types"] = InstanceResponse.describe_instance_types
+        InstanceResponse.describe_instance_types = _describe_instance_types  # type: ignore[method-assign]
 
 
 def uninstall() -> None:
     """Give moto its own CloudWatch methods back (the latency stays as set)."""
     from moto.cloudwatch.models import CloudWatchBackend
+    from moto.ec2.responses.instances import InstanceResponse
 
     with _lock:
         for name, original in _originals.items():
-            setattr(CloudWatchBackend, name, original)
+            if name == "ec2:describe_instance_types":
+                InstanceResponse.describe_instance_types = original  # type: ignore[method-assign]
+            else:
+                setattr(CloudWatchBackend, name, original)
         _originals.clear()
 
 

@@ -186,7 +186,7 @@ def _read_everything(
     }
     provider = AwsProvider(Config(), catalog=GpuTypeCatalog())
     try:
-        utilisation = provider.utilisation(instances, now - timedelta(minutes=45), now)
+        utilisation = dict(provider.utilisation(instances, now - timedelta(minutes=45), now))
     finally:
         provider.close()
     return {
@@ -270,6 +270,30 @@ def test_list_metrics_lists_each_series_once_in_pages_of_500(speedups: MotoServe
     assert sorted(ids) == [f"i-{n:05d}" for n in range(1201)]
     with pytest.raises(ClientError, match="NextToken"):  # a token is good once, as on AWS
         cloudwatch.list_metrics(Namespace="CWAgent", NextToken=first["NextToken"])
+
+
+def test_instance_types_come_in_pages_of_at_most_100_as_on_aws(speedups: MotoServer) -> None:
+    ec2 = speedups.client("ec2")
+    pages = list(ec2.get_paginator("describe_instance_types").paginate())
+    sizes = [len(page["InstanceTypes"]) for page in pages]
+    assert len(sizes) > 10  # AWS: about 14
+    assert max(sizes) == 100
+    assert all("NextToken" in page for page in pages[:-1])
+    assert "NextToken" not in pages[-1]
+    names = [t["InstanceType"] for page in pages for t in page["InstanceTypes"]]
+    moto_speedups.disable()  # stock moto: everything in one answer, MaxResults ignored
+    stock = ec2.describe_instance_types(MaxResults=5)["InstanceTypes"]
+    assert sorted(names) == sorted(t["InstanceType"] for t in stock)
+    assert len(names) == len(set(names))
+    moto_speedups.enable()
+    small = ec2.describe_instance_types(MaxResults=37)
+    assert len(small["InstanceTypes"]) == 37
+    named = ec2.describe_instance_types(InstanceTypes=["g5.xlarge", "p4d.24xlarge"])
+    assert sorted(t["InstanceType"] for t in named["InstanceTypes"]) == [
+        "g5.xlarge",
+        "p4d.24xlarge",
+    ]
+    assert "NextToken" not in named
 
 
 def test_queries_match_the_exact_dimension_set_as_on_aws(speedups: MotoServer) -> None:
@@ -425,12 +449,14 @@ def test_latency_is_added_on_the_server_and_concurrent_calls_overlap(speedups: M
 
 def test_enable_is_idempotent_and_disable_restores_moto() -> None:
     from moto.cloudwatch.models import CloudWatchBackend
+    from moto.ec2.responses.instances import InstanceResponse
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication
 
     stock = (
         CloudWatchBackend.list_metrics,
         CloudWatchBackend.get_metric_data,
         DomainDispatcherApplication.__call__,
+        InstanceResponse.describe_instance_types,
     )
     try:
         moto_speedups.enable()
@@ -438,6 +464,7 @@ def test_enable_is_idempotent_and_disable_restores_moto() -> None:
             CloudWatchBackend.list_metrics,
             CloudWatchBackend.get_metric_data,
             DomainDispatcherApplication.__call__,
+            InstanceResponse.describe_instance_types,
         )
         moto_speedups.enable()
         moto_speedups.enable(latency_s=0.01)
@@ -445,6 +472,7 @@ def test_enable_is_idempotent_and_disable_restores_moto() -> None:
             CloudWatchBackend.list_metrics,
             CloudWatchBackend.get_metric_data,
             DomainDispatcherApplication.__call__,
+            InstanceResponse.describe_instance_types,
         ) == patched
         assert all(p is not s for p, s in zip(patched, stock, strict=True))
         with pytest.raises(ValueError, match="latency"):
@@ -455,6 +483,7 @@ def test_enable_is_idempotent_and_disable_restores_moto() -> None:
         CloudWatchBackend.list_metrics,
         CloudWatchBackend.get_metric_data,
         DomainDispatcherApplication.__call__,
+        InstanceResponse.describe_instance_types,
     ) == stock
     assert not moto_speedups.installed()
     assert moto_speedups.latency_s() == 0.0
