@@ -158,7 +158,7 @@ def help_imports(env: Mapping[str, str], workdir: Path) -> list[str]:
 
 def instance_type_pages(session: Any, region: str) -> int:
     """Pages of a full DescribeInstanceTypes at guardian's page size on this server (AWS
-    serves 100 a page; moto ignores MaxResults and answers in one)."""
+    serves 100 a page; stock moto answers in one, ``moto_speedups`` pages as AWS does)."""
     paginator = session.client("ec2", region_name=region).get_paginator("describe_instance_types")
     return sum(1 for _ in paginator.paginate(PaginationConfig={"PageSize": 100}))
 

@@ -49,7 +49,9 @@ def child(config_path: str, start_iso: str, cycles: int, step_s: float, out_path
     from guardian.config import load_config
     from guardian.daemon import Daemon
     from guardian.logs import configure_logging
+    from guardian.malloc_tuning import limit_malloc_arenas
 
+    limit_malloc_arenas()  # as `guardian run` does (guardian.cli.main)
     configure_logging("json", "error")  # stops are logged as warnings: one line each
     config, path = load_config(Path(config_path), ())
     now = [datetime.fromisoformat(start_iso).astimezone(UTC)]

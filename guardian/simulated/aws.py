@@ -22,7 +22,7 @@ What is simulated
 
 What moto does not check, and guardian's tests therefore assert on the wire: it accepts any
 number of GetMetricData queries, has no ``instance-type`` wildcards and ignores MaxResults of
-DescribeInstanceTypes.
+DescribeInstanceTypes (``moto_speedups`` pages it by 100, as AWS does).
 
 What a seeded history costs (moto 5.2 in-process, measured on 2 shared cores):
 - Stock moto over HTTP: PutMetricData takes 0.06-0.3 s per 1000 datums, so 200 one-GPU
