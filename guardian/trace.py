@@ -186,22 +186,14 @@ def series_from_points(
     return TraceSeries(instance, samples, _period_s(samples), job_running)
 
 
-def _instance(
-    instance_id: str,
-    launch: datetime,
-    gpus: int,
-    *,
-    instance_type: str,
-    provider: str,
-    region: str,
-) -> GpuInstance:
+def _instance(instance_id: str, launch: datetime, gpus: int, shape: TraceDefaults) -> GpuInstance:
     return GpuInstance(
-        provider=provider,
+        provider=shape.provider,
         account="trace",
-        region=region,
+        region=shape.region,
         zone="",
         instance_id=instance_id,
-        instance_type=instance_type,
+        instance_type=shape.instance_type,
         launch_time=launch,  # the series starts with the instance's life
         gpu_count=gpus,
     )
@@ -212,7 +204,7 @@ def _read_backtest(
 ) -> list[TraceSeries]:
     times = _Times(where)
     points: dict[str, _GpuReadings] = defaultdict(lambda: _GpuReadings({}, {}))
-    shape: dict[str, tuple[str, str, str]] = {}
+    shape: dict[str, TraceDefaults] = {}
     for line, row in enumerate(rows, start=2):
         instance_id = (row.get("instance_id") or "").strip()
         if not instance_id:
@@ -222,7 +214,7 @@ def _read_backtest(
         util = _number(row.get("gpu_util"), "gpu_util", where, line)
         mem = _number(row.get("gpu_mem_used_mib"), "gpu_mem_used_mib", where, line)
         if instance_id not in shape:
-            shape[instance_id] = (
+            shape[instance_id] = TraceDefaults(
                 (row.get("instance_type") or "").strip() or defaults.instance_type,
                 (row.get("provider") or "").strip() or defaults.provider,
                 (row.get("region") or "").strip() or defaults.region,
@@ -239,15 +231,7 @@ def _read_backtest(
         stamps = [at for readings in gpu_points.util.values() for at in readings]
         if not stamps:
             continue  # not one reading: nothing to replay
-        instance_type, provider, region = shape[instance_id]
-        instance = _instance(
-            instance_id,
-            min(stamps),
-            len(gpu_points.util),
-            instance_type=instance_type,
-            provider=provider,
-            region=region,
-        )
+        instance = _instance(instance_id, min(stamps), len(gpu_points.util), shape[instance_id])
         result.append(series_from_points(instance, gpu_points.util, gpu_points.mem))
     return result
 
@@ -286,14 +270,7 @@ def _philly_segment(
         gpu_readings.add(gpu, at, value, None)
     util = gpu_readings.util
     start = readings[0][0]
-    instance = _instance(
-        f"{machine}@{start:%Y-%m-%dT%H:%M}",
-        start,
-        len(util),
-        instance_type=defaults.instance_type,
-        provider=defaults.provider,
-        region=defaults.region,
-    )
+    instance = _instance(f"{machine}@{start:%Y-%m-%dT%H:%M}", start, len(util), defaults)
     return series_from_points(instance, util)
 
 
@@ -318,14 +295,7 @@ def _read_philly_windows(
         util = readings.util
         if not any(util.values()):
             continue  # a window without one reading: nothing to replay
-        instance = _instance(
-            f"{job_id}/{machine}",
-            start,
-            len(util),
-            instance_type=defaults.instance_type,
-            provider=defaults.provider,
-            region=defaults.region,
-        )
+        instance = _instance(f"{job_id}/{machine}", start, len(util), defaults)
         result.append(series_from_points(instance, util, job_running=running))
     return result
 

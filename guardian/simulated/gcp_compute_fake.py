@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from guardian.simulated.gcp_compute_model import (
+    COMPUTE_API,
     DEFAULT_MACHINE_TYPES,
     FakeComputeState,
     FakeMachineType,
@@ -46,8 +47,6 @@ __all__ = [
     "RecordedRequest",
     "stable_instance_id",
 ]
-
-_API = "https://www.googleapis.com/compute/v1"
 
 
 class _HttpError(Exception):
@@ -182,7 +181,7 @@ class _Handler(BaseHTTPRequestHandler):
             "kind": "compute#instanceAggregatedList",
             "id": f"projects/{project}/aggregated/instances",
             "items": items,
-            "selfLink": f"{_API}/projects/{project}/aggregated/instances",
+            "selfLink": f"{COMPUTE_API}/projects/{project}/aggregated/instances",
         }
         if token:
             body["nextPageToken"] = token

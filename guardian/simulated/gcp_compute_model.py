@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 __all__ = [
+    "COMPUTE_API",
     "DEFAULT_MACHINE_TYPES",
     "FakeComputeState",
     "FakeMachineType",
@@ -24,7 +25,7 @@ __all__ = [
     "stable_instance_id",
 ]
 
-_API = "https://www.googleapis.com/compute/v1"
+COMPUTE_API = "https://www.googleapis.com/compute/v1"
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class FakeVm:
     instance_id: int = 0  # 0: derived from project and name when added
 
     def to_json(self, project: str) -> dict[str, Any]:
-        zone_url = f"{_API}/projects/{project}/zones/{self.zone}"
+        zone_url = f"{COMPUTE_API}/projects/{project}/zones/{self.zone}"
         disks: list[dict[str, Any]] = [
             {"type": "PERSISTENT", "boot": True, "deviceName": "boot", "index": 0}
         ]
@@ -176,7 +177,7 @@ def finish_operation(operation: Operation) -> None:
 
 
 def operation_json(operation: Operation) -> dict[str, Any]:
-    zone_url = f"{_API}/projects/{operation.project}/zones/{operation.zone}"
+    zone_url = f"{COMPUTE_API}/projects/{operation.project}/zones/{operation.zone}"
     return {
         "kind": "compute#operation",
         "id": str(abs(hash(operation.name)) % 10**18),

@@ -495,24 +495,11 @@ def test_seeding_in_process_needs_the_index() -> None:
         moto_speedups.put_in_process("us-east-1", [], "CWAgent")
 
 
-def test_the_fleet_benchmark_runs_end_to_end(tmp_path: Path) -> None:
-    """bench/fleet.py at N=20 over two regions: both methods, every check, in one subprocess
-    (it patches moto process-wide, so not in the test process)."""
-    figures_path = tmp_path / "fleet.json"
+def _run_bench(module: str, args: list[str], figures_path: Path) -> tuple[str, dict[str, Any]]:
+    """``python -m bench.MODULE ARGS --json FIGURES`` in a subprocess (the benches patch moto
+    process-wide, so never in the test process): its stdout and figures; fails on exit != 0."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.fleet",
-            "-n",
-            "20",
-            "-r",
-            "2",
-            "--latency-ms",
-            "5",
-            "--json",
-            str(figures_path),
-        ],
+        [sys.executable, "-m", f"bench.{module}", *args, "--json", str(figures_path)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -520,7 +507,15 @@ def test_the_fleet_benchmark_runs_end_to_end(tmp_path: Path) -> None:
         check=False,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(figures_path.read_text())
+    figures: dict[str, Any] = json.loads(figures_path.read_text())
+    return done.stdout, figures
+
+
+def test_the_fleet_benchmark_runs_end_to_end(tmp_path: Path) -> None:
+    """bench/fleet.py at N=20 over two regions: both methods, every check."""
+    stdout, figures = _run_bench(
+        "fleet", ["-n", "20", "-r", "2", "--latency-ms", "5"], tmp_path / "fleet.json"
+    )
     assert all(check["passed"] for check in figures["checks"].values())
     assert figures["checks"]["verdicts identical to the per-instance method"]["detail"].startswith(
         "20/20"
@@ -530,28 +525,16 @@ def test_the_fleet_benchmark_runs_end_to_end(tmp_path: Path) -> None:
     assert alternative["cloudwatch:GetMetricStatistics"] == figures["series"]
     assert guardian["cloudwatch:GetMetricData"] == 2  # one per region
     assert "cloudwatch:GetMetricStatistics" not in guardian
-    assert "PASS  EC2 calls" in done.stdout
+    assert "PASS  EC2 calls" in stdout
 
 
 def test_the_daemon_soak_runs_end_to_end(tmp_path: Path) -> None:
     """bench/soak.py, short: 25 simulated minutes are enough for warnings, stops and alerts."""
-    figures_path = tmp_path / "soak.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench.soak",
-            *("--cycles", "25", "--warmup", "3", "--instances", "24", "--regions", "1"),
-            *("--json", str(figures_path)),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=110,
-        check=False,
+    _, figures = _run_bench(
+        "soak",
+        ["--cycles", "25", "--warmup", "3", "--instances", "24", "--regions", "1"],
+        tmp_path / "soak.json",
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    figures = json.loads(figures_path.read_text())
     assert [row["cycle"] for row in figures["rows"]] == list(range(1, 26))
     assert all(check["passed"] for check in figures["checks"].values())
     assert figures["warned"] >= 1
