@@ -218,6 +218,10 @@ def test_kill_9_during_the_grace_keeps_the_deadline_and_warns_once(
     guardian.write_config(config)
     guardian.start()
     wait_for(lambda: posts(http_receiver, "Idle GPU instance lone"), timeout=40)
+    # Kill once both warnings (webhook, mail) are recorded as delivered. Killed between the SMTP
+    # server's acceptance and that record, the outbox would send the mail again after the
+    # restart: delivery is at least once, and that window is not what this test is about.
+    wait_for(lambda: len(guardian.events("notification_delivered", start=1)) >= 2, timeout=20)
     guardian.kill9()
 
     store = Store.open(f"sqlite:///{guardian.workdir / 'state' / 'state.db'}")
