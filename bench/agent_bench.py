@@ -137,12 +137,12 @@ def bench_process(seconds: float, warmup: float, scenario: str | None) -> dict[s
 
 def bench_full_window(extra_polls: int) -> dict[str, Any]:
     """Per-poll CPU with the 2 h window full (1,440 samples at 1 s) and every GPU idle."""
-    from guardian.agent import Agent, local_instance
-    from guardian.agent_publish import PrometheusSink
-    from guardian.agent_status import RunDir
+    from guardian.agent.gpu.fake import FakeNvml, ManualClock, Scenario
+    from guardian.agent.gpu.nvml import Nvml
+    from guardian.agent.loop import Agent, local_instance
+    from guardian.agent.publish import PrometheusSink
+    from guardian.agent.status import RunDir
     from guardian.config import parse_config
-    from guardian.gpu.fake import FakeNvml, ManualClock, Scenario
-    from guardian.gpu.nvml import Nvml
     from guardian.logs import configure_logging
 
     configure_logging("console", "warning")
@@ -179,7 +179,7 @@ def bench_nvml_sample(samples: int) -> dict[str, Any]:
     """Wall and CPU time of one direct sample of every GPU through the real NVML."""
     from datetime import UTC, datetime
 
-    from guardian.gpu.nvml import Nvml, load_backend
+    from guardian.agent.gpu.nvml import Nvml, load_backend
 
     nvml = Nvml.open(load_backend())
     try:

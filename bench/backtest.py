@@ -8,7 +8,7 @@ Rows of the sweep:
 
 - **Alibaba serving** (143 pods, 23 h): the default history-aware policy, and the same window
   with the history signals off (``history_margin=0``, ``window_bursty=0s``): a fixed window;
-- **training (synthetic)**: ``guardian.synthetic.training_series(seed=7, instances=40)``,
+- **training (synthetic)**: ``guardian.backtest.synthetic.training_series(seed=7, instances=40)``,
   with the share of the idle tail reclaimed beyond the detection delay (window_released +
   grace + one poll, the released window being the one a finished run is judged by);
 - **Philly job windows**: 14-minute excerpts around 5,910 jobs, polled every minute with no
@@ -26,10 +26,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from guardian.backtest import BacktestResult, replay
+from guardian.backtest.replay import BacktestResult, replay
+from guardian.backtest.synthetic import training_series
+from guardian.backtest.trace import TraceSeries, read_trace
 from guardian.config import Config, apply_overrides, parse_config
-from guardian.synthetic import training_series
-from guardian.trace import TraceSeries, read_trace
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = ("idle.history_margin=0", "idle.window_bursty=0s")

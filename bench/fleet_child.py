@@ -107,12 +107,12 @@ def per_instance(config_path: str, now_iso: str, out_path: str, workers: int) ->
     import boto3
     from botocore.config import Config as BotoConfig
 
-    from guardian.catalog import load_catalog
     from guardian.config import load_config
-    from guardian.policy import decide
-    from guardian.pricing import assess
-    from guardian.providers.aws import AwsProvider
-    from guardian.providers.aws_metrics import aligned_window
+    from guardian.policy.rules import decide
+    from guardian.prices.assessment import assess
+    from guardian.prices.catalog import load_catalog
+    from guardian.providers.aws.metrics import aligned_window
+    from guardian.providers.aws.provider import AwsProvider
 
     config, _ = load_config(Path(config_path), ())
     now = datetime.fromisoformat(now_iso).astimezone(UTC)
@@ -167,7 +167,7 @@ class SeriesReader:
         self._listed: dict[str, dict[str, list[Any]]] = {}
 
     def list(self, instance_ids: Sequence[str]) -> None:
-        from guardian.providers.aws_metrics import list_instance_series
+        from guardian.providers.aws.metrics import list_instance_series
 
         m = self._metrics
         for name in (m.gpu_util, m.gpu_mem_used):

@@ -1,5 +1,5 @@
-"""Daemon soak: 200 cycles of ``guardian.daemon.Daemon`` against the simulated AWS; RSS must not
-grow by 5 MB or more after warm-up.
+"""Daemon soak: 200 cycles of ``guardian.daemon.service.Daemon`` against the simulated AWS; RSS
+must not grow by 5 MB or more after warm-up.
 
     .venv/bin/python -m bench.soak --cycles 200 --instances 200
 
@@ -47,7 +47,7 @@ def _rss_mb() -> float:
 def child(config_path: str, start_iso: str, cycles: int, step_s: float, out_path: str) -> int:
     """Run the daemon's cycles on a simulated clock; write RSS and counts per cycle."""
     from guardian.config import load_config
-    from guardian.daemon import Daemon
+    from guardian.daemon.service import Daemon
     from guardian.logs import configure_logging
     from guardian.malloc_tuning import limit_malloc_arenas
 

@@ -73,7 +73,7 @@ class IdleConfig(_Section):
     # the first sample, whichever is latest) that must have samples before any verdict other
     # than `unmeasured` is given.
     min_coverage: float = Field(0.5, gt=0, le=1)
-    # Extension (guardian.policy_history): signals from the instance's own lookback that may
+    # Extension (guardian.policy.history): signals from the instance's own lookback that may
     # only lengthen the wait. Wait this multiple of its longest pause that ended in work (0 = off)
     history_margin: float = Field(2.0, ge=0)
     # ... and at least this long when it works in repeated bursts, a service or notebook (0s = off)

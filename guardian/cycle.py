@@ -1,7 +1,7 @@
 """One audit cycle: discover → utilisation → price → decide, for every configured provider.
 
 Shared by ``guardian audit``, the daemon, the demo and the benchmarks. It never acts: stopping
-is ``guardian.enforce``'s job, on the findings this returns.
+is ``guardian.daemon.enforce``'s job, on the findings this returns.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import structlog
 
 from guardian.config import Config
 from guardian.model import Finding, GpuInstance, GpuUtilisation
-from guardian.policy import decide
-from guardian.pricing import PriceCatalog, assess
+from guardian.policy.rules import decide
+from guardian.prices.assessment import PriceCatalog, assess
 from guardian.providers import Provider, UnitError
 from guardian.series import sparkline_values
 

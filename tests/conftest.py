@@ -27,7 +27,7 @@ import structlog
 from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_server
 
 if TYPE_CHECKING:
-    from guardian.providers.aws_discovery import GpuTypeCatalog
+    from guardian.providers.aws.discovery import GpuTypeCatalog
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def aws_gpu_catalog() -> GpuTypeCatalog:
     one with a fresh catalog."""
     from moto.ec2.models.instance_types import INSTANCE_TYPES
 
-    from guardian.providers.aws_discovery import GpuTypeCatalog
+    from guardian.providers.aws.discovery import GpuTypeCatalog
 
     catalog = GpuTypeCatalog()
     catalog.prime(INSTANCE_TYPES.values())

@@ -23,8 +23,8 @@ from guardian.durations import format_duration, parse_duration
 from guardian.errors import GuardianError
 
 if TYPE_CHECKING:
-    from guardian.agent import Agent, Clock
-    from guardian.agent_status import RunDir
+    from guardian.agent.loop import Agent, Clock
+    from guardian.agent.status import RunDir
     from guardian.providers import Provider
 
 __all__ = ["agent_app", "build_agent", "own_provider", "register", "render_status"]
@@ -76,9 +76,9 @@ def build_agent(
 
     ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog).
     """
-    from guardian.agent import Agent, SampleWindow, agent_horizon, boot_time, local_instance
-    from guardian.agent_autostop import Alerter, Autostop, CloudTarget, default_wall_command
-    from guardian.gpu.nvml import BACKEND_ENV, Nvml, load_backend
+    from guardian.agent.autostop import Alerter, Autostop, CloudTarget, default_wall_command
+    from guardian.agent.gpu.nvml import BACKEND_ENV, Nvml, load_backend
+    from guardian.agent.loop import Agent, SampleWindow, agent_horizon, boot_time, local_instance
 
     SampleWindow(agent_horizon(config), config.agent.interval)  # validates the interval early
     spec = backend or os.environ.get(BACKEND_ENV) or "nvml"
@@ -92,7 +92,7 @@ def build_agent(
         launched = launch_time or boot_time()
         publish, autostop_on = config.agent.publish, config.agent.autostop
         if publish != "none" or autostop_on:
-            from guardian.metadata import detect_identity
+            from guardian.agent.metadata import detect_identity
 
             cloud = {"cloudwatch": "aws", "gcp": "gcp"}.get(publish)
             identity = detect_identity(
@@ -104,15 +104,15 @@ def build_agent(
             identity = None
             instance = local_instance(nvml.expected_gpus, model, launched)
         if config.agent.listen.strip():
-            from guardian.agent_publish import PrometheusSink
+            from guardian.agent.publish import PrometheusSink
 
             sinks.append(PrometheusSink(config.agent.listen))
         if identity is not None and publish == "cloudwatch":
-            from guardian.agent_publish import CloudWatchSink
+            from guardian.agent.publish import CloudWatchSink
 
             sinks.append(CloudWatchSink(config, identity.instance_id, identity.region))
         elif identity is not None and publish == "gcp":
-            from guardian.agent_publish import GcpMonitoringSink
+            from guardian.agent.publish import GcpMonitoringSink
 
             sinks.append(
                 GcpMonitoringSink(config, identity.account, identity.instance_id, identity.zone)
@@ -154,11 +154,11 @@ def own_provider(config: Config, cloud: str, region: str, account: str, **option
     """The provider scoped to this one machine's region or project, with its own credentials
     (the instance role / service account), not the daemon's list of accounts."""
     if cloud == "aws":
-        from guardian.providers.aws import AwsProvider
+        from guardian.providers.aws.provider import AwsProvider
 
         aws = config.aws.model_copy(update={"enabled": True, "regions": [region], "accounts": []})
         return AwsProvider(config.model_copy(update={"aws": aws}), **options)
-    from guardian.providers.gcp import GcpProvider
+    from guardian.providers.gcp.provider import GcpProvider
 
     gcp = config.gcp.model_copy(update={"enabled": True, "projects": [account]})
     return GcpProvider(config.model_copy(update={"gcp": gcp}), **options)
@@ -168,10 +168,10 @@ def run_agent(config: Config, *, backend: str | None, run_dir: RunDir, polls: in
     """Run until SIGTERM/SIGINT (or ``polls`` polls), telling systemd how it goes."""
     import structlog
 
-    from guardian.agent import SystemClock
-    from guardian.sdnotify import notify
+    from guardian.agent.loop import SystemClock
+    from guardian.daemon.sdnotify import notify
 
-    log = structlog.get_logger("guardian.agent")
+    log = structlog.get_logger("guardian.agent.loop")
     clock = SystemClock()
     agent, providers = build_agent(config, backend=backend, run_dir=run_dir, clock=clock)
     stopping: list[int] = []
@@ -225,7 +225,7 @@ def agent(
     """Run the agent: poll every agent.interval, publish, and autostop if enabled."""
     if ctx.invoked_subcommand is not None:
         return
-    from guardian.agent_status import RunDir
+    from guardian.agent.status import RunDir
 
     cfg, _ = load_config(config, overrides or ())
     run_agent(cfg, backend=_backend_spec(simulate), run_dir=RunDir(run_dir), polls=polls)
@@ -239,7 +239,7 @@ def keep(
     run_dir: RunDirOption = None,
 ) -> None:
     """Postpone the agent's autostop of this machine (at most 7 days)."""
-    from guardian.agent_status import MAX_KEEP, RunDir
+    from guardian.agent.status import MAX_KEEP, RunDir
 
     try:
         delta = parse_duration(duration)
@@ -270,7 +270,7 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
 ) -> None:
     """Show the GPUs, their processes, the verdict and any pending stop."""
-    from guardian.agent_status import RunDir
+    from guardian.agent.status import RunDir
 
     where = RunDir(run_dir)
     document = _running_status(where)
@@ -307,8 +307,8 @@ def _running_status(where: RunDir) -> dict[str, Any] | None:
 
 def _sample_now(backend: str | None, where: RunDir) -> dict[str, Any]:
     """No agent running: one direct NVML sample, without a verdict (one sample proves nothing)."""
-    from guardian.agent_status import sample_document
-    from guardian.gpu.nvml import Nvml, load_backend
+    from guardian.agent.gpu.nvml import Nvml, load_backend
+    from guardian.agent.status import sample_document
 
     nvml = Nvml.open(load_backend(backend))
     try:

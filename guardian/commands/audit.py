@@ -28,7 +28,7 @@ class OutputFormat(StrEnum):
 
 def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
     """Discover, measure, price and decide once, with progress on stderr."""
-    from guardian.catalog import load_catalog
+    from guardian.prices.catalog import load_catalog
     from guardian.providers.factory import build_providers
 
     providers = build_providers(config)
@@ -53,7 +53,7 @@ def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
 def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
     """Data on stdout. A unit that failed was already logged on stderr by the cycle (one
     ``discovery_failed`` line naming it) and is listed under ``errors`` in the JSON."""
-    from guardian.report import findings_csv, findings_json
+    from guardian.report.document import findings_csv, findings_json
 
     if fmt is OutputFormat.JSON:
         json.dump(findings_json(result, config), sys.stdout, indent=2)
@@ -61,7 +61,7 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
     elif fmt is OutputFormat.CSV:
         sys.stdout.write(findings_csv(result))
     else:
-        from guardian.render import print_audit
+        from guardian.report.table import print_audit
 
         console = Console()
         if not console.is_terminal:

@@ -21,13 +21,19 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from guardian.backtest import BacktestResult, InstanceOutcome, PriceFor, backtest_json, replay
+from guardian.backtest.replay import (
+    BacktestResult,
+    InstanceOutcome,
+    PriceFor,
+    backtest_json,
+    replay,
+)
+from guardian.backtest.trace import TraceDefaults, TraceSeries, summary
 from guardian.commands.common import ConfigOption, SetOption
 from guardian.config import Config, load_config, masked_dump
 from guardian.durations import format_duration
 from guardian.errors import GuardianError
 from guardian.model import GpuInstance, PriceAssessment
-from guardian.trace import TraceDefaults, TraceSeries, summary
 
 __all__ = ["BacktestFormat", "register"]
 
@@ -40,8 +46,8 @@ class BacktestFormat(StrEnum):
 
 
 def _price_for(config: Config) -> PriceFor:
-    from guardian.catalog import load_catalog
-    from guardian.pricing import assess
+    from guardian.prices.assessment import assess
+    from guardian.prices.catalog import load_catalog
 
     catalog = load_catalog(config.state_dir)
 
@@ -58,8 +64,8 @@ def _price_for(config: Config) -> PriceFor:
 def _cloud_series(
     config: Config, cloud: str, days: int, status: Console
 ) -> tuple[list[TraceSeries], str]:
+    from guardian.backtest.cloud_traces import history_from_providers
     from guardian.providers.factory import build_providers
-    from guardian.trace_cloud import history_from_providers
 
     aws = config.aws.model_copy(update={"enabled": cloud == "aws"})
     gcp = config.gcp.model_copy(update={"enabled": cloud == "gcp"})
@@ -108,12 +114,12 @@ def _source_series(
     if not 1 <= days <= MAX_DAYS:
         raise GuardianError(f"--days must be between 1 and {MAX_DAYS}")
     if trace is not None:
-        from guardian.trace import read_trace
+        from guardian.backtest.trace import read_trace
 
         defaults = TraceDefaults(instance_type=instance_type or "")
         return read_trace(trace, defaults), str(trace)
     if synthetic:
-        from guardian.synthetic import training_series
+        from guardian.backtest.synthetic import training_series
 
         return training_series(instance_type=instance_type or ""), "synthetic training fleet"
     return _cloud_series(config, "aws" if from_cloudwatch else "gcp", days, status)

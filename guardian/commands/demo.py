@@ -30,7 +30,7 @@ def demo(
     ] = False,
 ) -> None:
     """Seed a simulated cloud with a believable GPU fleet and audit it."""
-    from guardian.demo import simulated_cloud
+    from guardian.simulated.demo_fleet import simulated_cloud
 
     note = Console(stderr=True)
     started = time.monotonic()

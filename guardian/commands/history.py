@@ -31,7 +31,7 @@ def _iso(moment: datetime | None) -> str | None:
 def _open_store(config: Config) -> Any:
     import sqlalchemy as sa
 
-    from guardian.store import Store
+    from guardian.daemon.store import Store
 
     url = config.effective_state_url
     parsed = sa.make_url(url)
@@ -65,8 +65,8 @@ def history(
     ] = None,
 ) -> None:
     """Actions taken (warnings, stops, blocked stops) and notifications sent, newest last."""
-    from guardian.messages import Message
-    from guardian.notify import channel_label
+    from guardian.daemon.messages import Message
+    from guardian.daemon.notify import channel_label
 
     try:
         window = parse_duration(since)

@@ -13,12 +13,12 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from guardian.catalog import PROVIDERS, embedded_as_of, load_catalog, regions, source_date
 from guardian.commands.common import ConfigOption, SetOption
 from guardian.config import Config, load_config
 from guardian.errors import GuardianError, ProviderError
 from guardian.model import GpuInstance
-from guardian.pricing import PriceCatalog, assess, rule_of_thumb_reading
+from guardian.prices.assessment import PriceCatalog, assess, rule_of_thumb_reading
+from guardian.prices.catalog import PROVIDERS, embedded_as_of, load_catalog, regions, source_date
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -313,7 +313,7 @@ def refresh_command(
     overrides: SetOption = None,
 ) -> None:
     """Read current on-demand prices from the provider's price API into the state dir."""
-    from guardian.price_refresh import default_regions, refresh, source_for
+    from guardian.prices.refresh import default_regions, refresh, source_for
 
     parent = ctx.obj if isinstance(ctx.obj, dict) else {}
     config, _ = load_config(

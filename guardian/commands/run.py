@@ -1,4 +1,4 @@
-"""``guardian run``: the daemon (see ``guardian.daemon``); ``--once`` for a single cycle."""
+"""``guardian run``: the daemon (see ``guardian.daemon.service``); ``--once`` for a single cycle."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def run(
     SIGTERM/SIGINT finish the current cycle and exit 0; SIGHUP reloads the config. Under
     systemd (Type=notify) it reports readiness, watchdog pings and a status line.
     """
-    from guardian.daemon import Daemon
+    from guardian.daemon.service import Daemon
 
     cfg, path = load_config(config, overrides or ())
     daemon = Daemon(cfg, config_path=path, overrides=overrides or ())

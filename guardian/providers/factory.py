@@ -21,11 +21,11 @@ def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
 def build_providers(config: Config) -> list[Provider]:
     providers: list[Provider] = []
     if config.aws.enabled:
-        from guardian.providers.aws import AwsProvider
+        from guardian.providers.aws.provider import AwsProvider
 
         providers.append(AwsProvider(config))
     if config.gcp.enabled:
-        from guardian.providers.gcp import GcpProvider
+        from guardian.providers.gcp.provider import GcpProvider
 
         providers.append(GcpProvider(config))
     return providers

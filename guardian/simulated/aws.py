@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Literal
 
-from guardian.providers.aws_discovery import gpu_type_from
+from guardian.providers.aws.discovery import gpu_type_from
 
 if TYPE_CHECKING:
     from moto.server import ThreadedMotoServer

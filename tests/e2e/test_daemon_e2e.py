@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
+from guardian.daemon.store import Store
 from guardian.simulated.aws import Reading, SimInstance, constant, put_gpu_metrics, seed_fleet
-from guardian.store import Store
 from tests.conftest import MotoServer
 from tests.e2e.conftest import GuardianProcess
 from tests.e2e.receivers import HttpReceiver, NotifySocket, SmtpReceiver, wait_for

@@ -1,10 +1,10 @@
 """The scripted NVML backend, for tests that look for fakes here.
 
-It lives in ``guardian.gpu.fake`` so that ``guardian agent --simulate SCENARIO`` can use it too;
-this module only re-exports it.
+It lives in ``guardian.agent.gpu.fake`` so that ``guardian agent --simulate SCENARIO`` can use
+it too; this module only re-exports it.
 """
 
-from guardian.gpu.fake import (
+from guardian.agent.gpu.fake import (
     ERROR_CODES,
     SCENARIOS,
     FakeNvml,

@@ -18,13 +18,13 @@ from urllib.parse import unquote
 
 import pytest
 
-from guardian.agent_status import RunDir
+from guardian.agent.gpu.fake import ManualClock
+from guardian.agent.metadata import MetadataUnavailable, aws_identity, detect_identity, gcp_identity
+from guardian.agent.status import RunDir
 from guardian.commands.agent import build_agent
 from guardian.config import parse_config
-from guardian.gpu.fake import ManualClock
-from guardian.ladder import Step
-from guardian.metadata import MetadataUnavailable, aws_identity, detect_identity, gcp_identity
 from guardian.model import Lifecycle, Verdict
+from guardian.policy.ladder import Step
 from guardian.simulated.aws import launch_gpu_instances
 
 # -- local metadata servers ----------------------------------------------------------------------

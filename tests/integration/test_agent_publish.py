@@ -11,8 +11,11 @@ from typing import Any
 
 import pytest
 
-from guardian.agent import Agent, PollResult, local_instance
-from guardian.agent_publish import (
+from guardian.agent.gpu import GpuReading
+from guardian.agent.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
+from guardian.agent.gpu.nvml import Nvml
+from guardian.agent.loop import Agent, PollResult, local_instance
+from guardian.agent.publish import (
     CW_MAX_DATUMS,
     GCP_MEM_METRIC,
     GCP_UTIL_METRIC,
@@ -23,11 +26,8 @@ from guardian.agent_publish import (
     cloudwatch_datums,
 )
 from guardian.config import Config, parse_config
-from guardian.gpu import GpuReading
-from guardian.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
-from guardian.gpu.nvml import Nvml
 from guardian.model import GpuInstance
-from guardian.providers.aws import AwsProvider
+from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated.gcp_grpc import FakeGrpcServer, unary
 
 INSTANCE_ID = "i-0123456789abcdef0"

@@ -12,10 +12,10 @@ from moto.ec2.models.instance_types import INSTANCE_TYPES
 from guardian.config import Config
 from guardian.errors import AuthError
 from guardian.model import Lifecycle
-from guardian.providers.aws import AwsProvider, probe_credentials
-from guardian.providers.aws_discovery import GpuTypeCatalog
-from guardian.providers.aws_errors import CREDENTIALS_HELP
-from guardian.providers.aws_limits import AwsLimits
+from guardian.providers.aws.discovery import GpuTypeCatalog
+from guardian.providers.aws.errors import CREDENTIALS_HELP
+from guardian.providers.aws.limits import AwsLimits
+from guardian.providers.aws.provider import AwsProvider, probe_credentials
 from guardian.simulated.aws import launch_gpu_instances
 from tests.conftest import AwsWire, MotoServer
 
@@ -323,7 +323,7 @@ def test_role_credentials_are_renewed_before_they_expire(
     moto_server: MotoServer, aws_wire: AwsWire
 ) -> None:
     from guardian.config import AwsAccount
-    from guardian.providers.aws_clients import AwsClients
+    from guardian.providers.aws.clients import AwsClients
 
     now = [datetime.now(UTC)]
     clients = AwsClients(aws_wire.session, clock=lambda: now[0])

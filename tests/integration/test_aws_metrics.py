@@ -11,9 +11,9 @@ from typing import Any
 
 from guardian.config import Config
 from guardian.model import GpuInstance
-from guardian.providers.aws import AwsProvider
-from guardian.providers.aws_discovery import GpuTypeCatalog
-from guardian.providers.aws_limits import AwsLimits
+from guardian.providers.aws.discovery import GpuTypeCatalog
+from guardian.providers.aws.limits import AwsLimits
+from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated.aws import (
     Reading,
     constant,

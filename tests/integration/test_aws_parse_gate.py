@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError
 
-from guardian.providers.aws_parse_gate import ParseGate
+from guardian.providers.aws.parse_gate import ParseGate
 from tests.conftest import MotoServer
 
 

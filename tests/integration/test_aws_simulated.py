@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from guardian.providers.aws_discovery import GpuTypeCatalog
+from guardian.providers.aws.discovery import GpuTypeCatalog
 from guardian.simulated import moto_speedups
 from guardian.simulated.aws import (
     MAX_DATUMS_PER_CALL,
@@ -152,7 +152,7 @@ def test_the_indexed_store_lists_each_series_once_and_reads_a_day_of_a_fleet(
     assert described[0]["LaunchTime"] == now - timedelta(days=2)
 
     from guardian.config import Config
-    from guardian.providers.aws import AwsProvider
+    from guardian.providers.aws.provider import AwsProvider
 
     provider = AwsProvider(Config(), session=aws_wire.session, catalog=aws_gpu_catalog)
     instances = provider.discover().instances

@@ -10,8 +10,8 @@ import pytest
 
 from guardian.config import Config
 from guardian.model import GpuInstance
-from guardian.providers.aws import AwsProvider
-from guardian.providers.aws_discovery import GpuTypeCatalog
+from guardian.providers.aws.discovery import GpuTypeCatalog
+from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated.aws import launch_gpu_instances
 from tests.conftest import AwsWire, MotoServer
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from guardian.catalog import load_catalog, load_embedded, read_cache
 from guardian.config import Config
 from guardian.errors import AuthError
-from guardian.price_refresh_gcp import SOURCE_NAME, GcpCatalogSource, refresh_gcp
+from guardian.prices.catalog import load_catalog, load_embedded, read_cache
+from guardian.prices.refresh_gcp import SOURCE_NAME, GcpCatalogSource, refresh_gcp
 from tests.fakes.gcp_billing import COMPUTE_ENGINE_SERVICE_ID, FakeBillingServer, FakeBillingState
 
 NOW = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)

@@ -19,8 +19,8 @@ from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.errors import AuthError, ConfigError
 from guardian.model import GpuInstance, Lifecycle, Verdict
-from guardian.pricing import PriceCatalog
-from guardian.providers.gcp import GcpProvider, probe_credentials
+from guardian.prices.assessment import PriceCatalog
+from guardian.providers.gcp.provider import GcpProvider, probe_credentials
 from tests.fakes.gcp_compute import (
     DEFAULT_MACHINE_TYPES,
     FakeComputeServer,

@@ -7,11 +7,11 @@ import socket
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlsplit
 
-from guardian.catalog import load_embedded
 from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.model import Verdict
-from guardian.providers.gcp import GcpProvider
+from guardian.prices.catalog import load_embedded
+from guardian.providers.gcp.provider import GcpProvider
 from guardian.simulated.gcp import DEMO_PROJECT, start_demo_gcp, start_simulated_gcp
 from tests.fakes.gcp_compute import FakeVm
 from tests.fakes.gcp_monitoring import GpuTrace

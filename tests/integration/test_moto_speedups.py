@@ -23,8 +23,8 @@ from botocore.exceptions import ClientError
 
 from guardian.config import Config
 from guardian.model import GpuInstance
-from guardian.providers.aws import AwsProvider
-from guardian.providers.aws_discovery import GpuTypeCatalog
+from guardian.providers.aws.discovery import GpuTypeCatalog
+from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated import moto_speedups
 from guardian.simulated.aws import Reading, constant, gpu_datums, put_datums, reset_moto_server
 from tests.conftest import MotoServer

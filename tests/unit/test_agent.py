@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from guardian.agent import (
+from guardian.agent.gpu.fake import FakeNvml, ManualClock, load_scenario
+from guardian.agent.gpu.nvml import Nvml
+from guardian.agent.loop import (
     MAX_WINDOW_SAMPLES,
     Agent,
     PollResult,
@@ -19,12 +21,10 @@ from guardian.agent import (
     local_instance,
     policy_config,
 )
-from guardian.agent_status import RunDir
+from guardian.agent.status import RunDir
 from guardian.commands.agent import render_status
 from guardian.config import Config, parse_config
 from guardian.errors import ConfigError
-from guardian.gpu.fake import FakeNvml, ManualClock, load_scenario
-from guardian.gpu.nvml import Nvml
 from guardian.model import GpuSample, Verdict
 
 
@@ -218,16 +218,16 @@ def test_sub_second_interval_is_refused() -> None:
 
 
 def test_merged_polls_decide_only_when_an_input_changed(monkeypatch: pytest.MonkeyPatch) -> None:
-    import guardian.agent
+    import guardian.agent.loop
 
     calls: list[object] = []
-    real = guardian.agent.decide
+    real = guardian.agent.loop.decide
 
     def counting(*args: Any, **kwargs: Any) -> Any:
         calls.append(args[-1])
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(guardian.agent, "decide", counting)
+    monkeypatch.setattr(guardian.agent.loop, "decide", counting)
     clock = ManualClock()
     agent = make_agent("lost-gpu", clock, config={"agent": {"interval": "1s", "listen": ""}})
     assert agent.window.per_sample == 5

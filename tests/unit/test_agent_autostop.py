@@ -11,15 +11,15 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-from guardian.agent import Agent, PollResult, local_instance
-from guardian.agent_autostop import Alerter, Autostop, CloudTarget
-from guardian.agent_status import RunDir
+from guardian.agent.autostop import Alerter, Autostop, CloudTarget
+from guardian.agent.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
+from guardian.agent.gpu.nvml import Nvml
+from guardian.agent.loop import Agent, PollResult, local_instance
+from guardian.agent.status import RunDir
 from guardian.config import parse_config
-from guardian.gates import instance_block
-from guardian.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
-from guardian.gpu.nvml import Nvml
-from guardian.ladder import Step
 from guardian.model import GpuInstance, Verdict
+from guardian.policy.gates import instance_block
+from guardian.policy.ladder import Step
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import FakeProvider, make_instance
 

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 
 from guardian.model import GpuInstance
-from guardian.providers.aws_discovery import gpu_type_from
-from guardian.providers.aws_limits import AwsLimits
-from guardian.providers.aws_metrics import (
+from guardian.providers.aws.discovery import gpu_type_from
+from guardian.providers.aws.limits import AwsLimits
+from guardian.providers.aws.metrics import (
     Dims,
     MetricNames,
     Points,

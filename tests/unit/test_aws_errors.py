@@ -20,7 +20,7 @@ from botocore.exceptions import (
 from botocore.parsers import ResponseParserError
 
 from guardian.errors import AuthError, ProviderError, Throttled, Unavailable
-from guardian.providers.aws_errors import (
+from guardian.providers.aws.errors import (
     AUTH_CODES,
     BOTOCORE_MAP,
     CREDENTIALS_HELP,

@@ -10,14 +10,14 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from guardian.backtest import backtest_json, replay
+from guardian.backtest.cloud_traces import history_from_providers
+from guardian.backtest.replay import backtest_json, replay
+from guardian.backtest.synthetic import training_rows, training_series, write_trace
+from guardian.backtest.trace import TraceSeries
 from guardian.cli import app
 from guardian.config import Config, apply_overrides, parse_config
 from guardian.errors import GuardianError
 from guardian.model import GpuInstance, GpuSample, PriceAssessment
-from guardian.synthetic import training_rows, training_series, write_trace
-from guardian.trace import TraceSeries
-from guardian.trace_cloud import history_from_providers
 from tests.fake_provider import FakeProvider, make_instance
 
 T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from guardian.backtest import BacktestResult, replay
+from guardian.backtest.replay import BacktestResult, replay
+from guardian.backtest.trace import TraceSeries, read_trace
 from guardian.config import Config, apply_overrides, parse_config
-from guardian.trace import TraceSeries, read_trace
 
 TRACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "traces"
 FIXED_30 = ("idle.window=30m", "idle.history_margin=0", "idle.window_bursty=0s")

@@ -12,8 +12,9 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
-import guardian.catalog as catalog_module
-from guardian.catalog import (
+import guardian.prices.catalog as catalog_module
+from guardian.prices.assessment import TypePrice, cpu_equivalent
+from guardian.prices.catalog import (
     CACHE_FILENAME,
     CatalogError,
     PriceCache,
@@ -27,7 +28,6 @@ from guardian.catalog import (
     source_date,
     write_cache,
 )
-from guardian.pricing import TypePrice, cpu_equivalent
 
 DATA = Path(catalog_module.__file__).parent / "data"
 FETCHED = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)

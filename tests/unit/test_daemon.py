@@ -16,11 +16,11 @@ import structlog
 import yaml
 from structlog.testing import capture_logs
 
-from guardian import sdnotify
 from guardian.config import Config
-from guardian.daemon import Daemon
+from guardian.daemon import sdnotify
+from guardian.daemon.metrics_server import parse_listen
+from guardian.daemon.service import Daemon
 from guardian.errors import ConfigError
-from guardian.metrics_server import parse_listen
 from tests.e2e.receivers import HttpReceiver, NotifySocket, free_port, wait_for
 from tests.fake_provider import CATALOG, FakeProvider, flat_samples, make_instance
 

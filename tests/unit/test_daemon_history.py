@@ -11,10 +11,10 @@ from typer.testing import CliRunner
 
 from guardian.cli import app
 from guardian.config import NotifyConfig
+from guardian.daemon.messages import Message, t, v
+from guardian.daemon.notify import Notifier
+from guardian.daemon.store import InstanceRef, Store
 from guardian.errors import GuardianError
-from guardian.messages import Message, t, v
-from guardian.notify import Notifier
-from guardian.store import InstanceRef, Store
 
 HOOK = "json://127.0.0.1:9/hooks/s3cr3t-token-value"
 REF = InstanceRef("aws:123456789012:i-1", "aws", "123456789012", "us-east-1", "i-1", "trainer")

@@ -12,11 +12,11 @@ import pytest
 
 from guardian.config import Config
 from guardian.cycle import CycleResult, audit_cycle
-from guardian.enforce import Enforcer, EnforceSummary
+from guardian.daemon.enforce import Enforcer, EnforceSummary
+from guardian.daemon.notify import Notifier
+from guardian.daemon.store import ActionRow, Store
 from guardian.model import GpuInstance, GpuSample, Verdict
-from guardian.notify import Notifier
 from guardian.providers import StopResult, UnitError
-from guardian.store import ActionRow, Store
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
 GRACE = timedelta(minutes=15)

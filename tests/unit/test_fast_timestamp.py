@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from guardian.providers import aws_clients
-from guardian.providers.aws_clients import fast_timestamp
+from guardian.providers.aws import clients as aws_clients
+from guardian.providers.aws.clients import fast_timestamp
 
 
 def test_epochs_become_utc_and_each_instant_is_one_object() -> None:

@@ -15,9 +15,9 @@ import pytest
 
 from guardian.config import Config, GcpConfig
 from guardian.errors import AuthError, ConfigError
-from guardian.providers.gcp import GcpProvider
-from guardian.providers.gcp_clients import Endpoint, parse_endpoint, resolve_credentials
-from guardian.providers.gcp_errors import ADC_HELP
+from guardian.providers.gcp.clients import Endpoint, parse_endpoint, resolve_credentials
+from guardian.providers.gcp.errors import ADC_HELP
+from guardian.providers.gcp.provider import GcpProvider
 
 
 @pytest.fixture
@@ -135,8 +135,8 @@ def test_guardian_help_imports_no_cloud_sdk() -> None:
 
 def test_importing_the_gcp_modules_imports_no_google_library() -> None:
     code = (
-        "import guardian.providers.gcp, guardian.price_refresh_gcp, guardian.simulated.gcp\n"
-        + _IMPORTED_SDKS
+        "import guardian.providers.gcp.provider, guardian.prices.refresh_gcp\n"
+        "import guardian.simulated.gcp\n" + _IMPORTED_SDKS
     )
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True

@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from guardian.errors import AuthError, ProviderError, Throttled, Unavailable
-from guardian.providers.gcp_errors import ADC_HELP, API_CORE_MAP, AUTH_MAP, map_google_error
+from guardian.providers.gcp.errors import ADC_HELP, API_CORE_MAP, AUTH_MAP, map_google_error
 
 
 def _exception_classes(module: ModuleType) -> set[str]:

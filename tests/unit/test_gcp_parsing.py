@@ -13,16 +13,16 @@ import pytest
 from google.cloud import billing_v1, compute_v1
 
 from guardian.model import Lifecycle
-from guardian.price_refresh_gcp import accelerator_name, parse_skus, price_types
-from guardian.pricing import TypePrice
-from guardian.providers.gcp_discovery import (
+from guardian.prices.assessment import TypePrice
+from guardian.prices.refresh_gcp import accelerator_name, parse_skus, price_types
+from guardian.providers.gcp.discovery import (
     AcceleratorSpec,
     MachineTypeAccelerators,
     fallback_accelerators,
     machine_types_filter,
     parse_instance,
 )
-from guardian.providers.gcp_metrics import memory_state_label, metric_filter
+from guardian.providers.gcp.metrics import memory_state_label, metric_filter
 
 ZONE_URL = "https://www.googleapis.com/compute/v1/projects/p/zones/us-west1-b"
 OWNER_TAGS = ["owner", "Owner", "team", "created-by", "CreatedBy"]

@@ -14,11 +14,11 @@ from structlog.testing import capture_logs
 
 from guardian.config import Config, NotifyConfig
 from guardian.cycle import audit_cycle
+from guardian.daemon.messages import Message, Style, b, neutralize, render, t, v, warning_message
+from guardian.daemon.notify import Notifier, digest_summary, owner_address, validate_notify_urls
+from guardian.daemon.store import InstanceRef, Store
 from guardian.errors import ConfigError
-from guardian.messages import Message, Style, b, neutralize, render, t, v, warning_message
 from guardian.model import Finding, Lifecycle
-from guardian.notify import Notifier, digest_summary, owner_address, validate_notify_urls
-from guardian.store import InstanceRef, Store
 from tests.e2e.receivers import HttpReceiver, SmtpReceiver, wait_for
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
@@ -336,7 +336,7 @@ def test_digest_sums_the_last_day(store: Store) -> None:
     assert summary.idle_spent_usd == pytest.approx(1.01, abs=0.01)
     assert summary.top_wasters == (("i-0abc", "name-i-0abc", None, 1.01),)
     assert summary.actions == {"warn": 1, "stop": 1}
-    from guardian.messages import digest_message
+    from guardian.daemon.messages import digest_message
 
     title, body = render(digest_message(summary), "text")
     assert re.search(r"\$2\.01/h burning, \$1\.01/h idle", title)

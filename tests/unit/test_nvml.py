@@ -1,4 +1,4 @@
-"""guardian.gpu.nvml over the scripted fake backend, and the real pynvml's error path."""
+"""guardian.agent.gpu.nvml over the scripted fake backend, and the real pynvml's error path."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ from typing import Any
 import pynvml
 import pytest
 
+from guardian.agent.gpu import Severity
+from guardian.agent.gpu.fake import ERROR_CODES, FakeNvml, ManualClock, Scenario, load_scenario
+from guardian.agent.gpu.nvml import ERROR_SEVERITY, Nvml, NvmlCallError, load_backend, severity_of
 from guardian.errors import ConfigError, NvmlUnavailable
-from guardian.gpu import Severity
-from guardian.gpu.fake import ERROR_CODES, FakeNvml, ManualClock, Scenario, load_scenario
-from guardian.gpu.nvml import ERROR_SEVERITY, Nvml, NvmlCallError, load_backend, severity_of
 
 
 def _open(scenario: dict[str, Any] | str, clock: ManualClock) -> tuple[Nvml, FakeNvml]:
@@ -32,7 +32,7 @@ def clock() -> ManualClock:
 def test_every_nvml_error_code_has_a_deliberate_severity() -> None:
     codes = {name: getattr(pynvml, name) for name in dir(pynvml) if name.startswith("NVML_ERROR_")}
     missing = {name: code for name, code in codes.items() if code not in ERROR_SEVERITY}
-    assert not missing, f"decide how to treat {missing} in guardian.gpu.nvml.ERROR_SEVERITY"
+    assert not missing, f"decide how to treat {missing} in guardian.agent.gpu.nvml.ERROR_SEVERITY"
 
 
 def test_fatal_and_harmless_codes_are_classified_as_the_style_guide_says() -> None:

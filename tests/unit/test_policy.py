@@ -16,7 +16,7 @@ from guardian.model import (
     PriceAssessment,
     Verdict,
 )
-from guardian.policy import decide, trailing_idle_run
+from guardian.policy.rules import decide, trailing_idle_run
 from tests.fake_provider import NOW, flat_samples, make_instance
 
 PRICE = PriceAssessment(1.0, "catalog", CpuEquivalent("m7i.xlarge", 0.2), 5.0)

@@ -1,4 +1,4 @@
-"""``guardian.price_refresh`` against the real botocore Pricing client, stubbed with Stubber.
+"""``guardian.prices.refresh`` against the real botocore Pricing client, stubbed with Stubber.
 
 moto has no Pricing API, so botocore's Stubber answers: it checks every request's parameters
 (the exact filters we send) and returns PriceList documents shaped like the real ones.
@@ -18,7 +18,10 @@ import pytest
 from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 
-from guardian.catalog import (
+from guardian.config import parse_config
+from guardian.errors import AuthError, GuardianError, ProviderError, Throttled, Unavailable
+from guardian.prices.assessment import TypePrice
+from guardian.prices.catalog import (
     CACHE_FILENAME,
     PriceCache,
     RegionPrices,
@@ -27,9 +30,7 @@ from guardian.catalog import (
     read_cache,
     write_cache,
 )
-from guardian.config import parse_config
-from guardian.errors import AuthError, GuardianError, ProviderError, Throttled, Unavailable
-from guardian.price_refresh import (
+from guardian.prices.refresh import (
     AwsPricingSource,
     _map_aws_error,
     default_regions,
@@ -37,7 +38,6 @@ from guardian.price_refresh import (
     refresh,
     source_for,
 )
-from guardian.pricing import TypePrice
 
 NOW = datetime(2026, 11, 26, 23, 59, tzinfo=UTC)
 EARLIER = datetime(2026, 10, 1, tzinfo=UTC)
@@ -498,7 +498,7 @@ def test_no_credentials_is_an_auth_error(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 def test_each_provider_has_its_price_source() -> None:
-    from guardian.price_refresh_gcp import GcpCatalogSource
+    from guardian.prices.refresh_gcp import GcpCatalogSource
 
     gcp = source_for("gcp", parse_config({"gcp": {"credentials": "anonymous"}}))
     assert isinstance(gcp, GcpCatalogSource)

@@ -16,11 +16,11 @@ from botocore.config import Config as BotoConfig
 from botocore.stub import Stubber
 from typer.testing import CliRunner
 
-from guardian import price_refresh
-from guardian.catalog import CACHE_FILENAME, embedded_as_of
 from guardian.commands import prices
 from guardian.errors import ConfigError, GuardianError, ProviderError
 from guardian.logs import configure_logging
+from guardian.prices import refresh as price_refresh
+from guardian.prices.catalog import CACHE_FILENAME, embedded_as_of
 
 AS_OF = embedded_as_of()["aws"].isoformat()
 
@@ -317,7 +317,7 @@ def test_refresh_gcp_reads_the_billing_catalog(
 
 def test_importing_the_command_loads_no_cloud_sdk() -> None:
     code = (
-        "import sys, guardian.commands.prices, guardian.catalog, guardian.price_refresh; "
+        "import sys, guardian.commands.prices, guardian.prices.catalog, guardian.prices.refresh; "
         "bad = [m for m in ('boto3', 'botocore', 'google.cloud') if m in sys.modules]; "
         "print(bad); sys.exit(1 if bad else 0)"
     )

@@ -1,4 +1,4 @@
-"""``guardian.pricing``: the pure assessment, on hand-made catalogs and on the embedded one."""
+"""``guardian.prices.assessment``: the pure assessment, on hand-made and embedded catalogs."""
 
 from __future__ import annotations
 
@@ -9,15 +9,15 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from guardian.catalog import load_embedded
 from guardian.model import CpuEquivalent, GpuInstance
-from guardian.pricing import (
+from guardian.prices.assessment import (
     PriceCatalog,
     TypePrice,
     assess,
     cpu_equivalent,
     rule_of_thumb_reading,
 )
+from guardian.prices.catalog import load_embedded
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 

@@ -11,8 +11,8 @@ from rich.console import Console
 from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.model import Verdict
-from guardian.render import print_audit, sparkline
-from guardian.report import HOURS_PER_MONTH, findings_csv, findings_json
+from guardian.report.document import HOURS_PER_MONTH, findings_csv, findings_json
+from guardian.report.table import print_audit, sparkline
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
 FINDING_KEYS = {

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian import sdnotify
+from guardian.daemon import sdnotify
 
 
 def test_a_full_notify_queue_drops_pings_instead_of_blocking(

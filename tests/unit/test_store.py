@@ -13,10 +13,10 @@ from alembic.migration import MigrationContext
 
 from guardian.config import Config
 from guardian.cycle import audit_cycle
+from guardian.daemon.schema import metadata
+from guardian.daemon.store import InstanceRef, Store
 from guardian.errors import ConfigError
-from guardian.pricing import PriceCatalog
-from guardian.store import InstanceRef, Store
-from guardian.store_schema import metadata
+from guardian.prices.assessment import PriceCatalog
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
 
 REF = InstanceRef("aws:123456789012:i-1", "aws", "123456789012", "us-east-1", "i-1", "trainer")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from guardian.trace import SEGMENT_GAP, TraceDefaults, TraceError, read_trace
+from guardian.backtest.trace import SEGMENT_GAP, TraceDefaults, TraceError, read_trace
 
 T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 

@@ -1,0 +1,143 @@
+"""Rich rendering of an audit for people: the table, the sparkline and the totals line."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from rich import box
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from guardian.cycle import CycleResult
+from guardian.model import Finding, Verdict
+from guardian.report.document import finding_reasons, totals
+
+__all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline"]
+
+VERDICT_STYLE = {
+    Verdict.IDLE: "bold red",
+    Verdict.UNDERUSED: "yellow",
+    Verdict.BUSY: "green",
+    Verdict.UNMEASURED: "magenta",
+    Verdict.PROTECTED: "cyan",
+}
+_BARS = "▁▂▃▄▅▆▇█"
+
+
+def sparkline(values: Sequence[float | None]) -> str:
+    """0–100 % as eight bar heights; a gap (no sample) is a middle dot, never a zero bar."""
+    chars = []
+    for value in values:
+        if value is None:
+            chars.append("·")
+        else:
+            clamped = min(100.0, max(0.0, value))
+            chars.append(_BARS[min(len(_BARS) - 1, int(clamped / 100 * len(_BARS)))])
+    return "".join(chars)
+
+
+def _money(value: float | None, digits: int = 2) -> str:
+    return "—" if value is None else f"${value:,.{digits}f}"
+
+
+def _num(value: float | None, fmt: str = "{:g}") -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def _row(finding: Finding) -> list[str | Text]:
+    inst, price, decision = finding.instance, finding.price, finding.decision
+    gpus = f"{inst.gpu_count}× {inst.gpu_model}" if inst.gpu_model else f"{inst.gpu_count} GPU"
+    lifecycle = "" if inst.lifecycle.value == "on-demand" else f" ({inst.lifecycle.value})"
+    equivalent = (
+        f"{price.cpu_equivalent.instance_type}\n{_money(price.cpu_equivalent.hourly_price, 3)}"
+        if price.cpu_equivalent
+        else "—"
+    )
+    util = (
+        "—"
+        if decision.gpu_util_mean is None
+        else f"{decision.gpu_util_mean:.0f}/{decision.gpu_util_max or 0:.0f}"
+    )
+    return [
+        Text(f"{inst.name or '—'}\n{inst.instance_id}"),
+        f"{inst.region}\n{inst.account}",
+        f"{inst.instance_type}{lifecycle}\n{gpus}",
+        Text(decision.verdict.value, style=VERDICT_STYLE[decision.verdict]),
+        util,
+        sparkline(finding.sparkline) if finding.sparkline else "",
+        _num(decision.idle_minutes, "{:.0f}"),
+        _money(price.hourly_price, 3),
+        equivalent,
+        _num(price.premium, "{:.1f}×"),
+        _num(decision.required_speedup, "{:.1f}×"),
+        _money(decision.wasted_usd),
+    ]
+
+
+_COLUMNS = (
+    ("Instance", "left"),
+    ("Region\naccount", "left"),
+    ("Type\nGPUs", "left"),
+    ("Verdict", "left"),
+    ("GPU %\nmean/max", "right"),
+    ("Last hour\n(2 min per mark)", "left"),
+    ("Idle\nmin", "right"),
+    ("$/h", "right"),
+    ("CPU\nequivalent", "left"),
+    ("Premium", "right"),
+    ("Needs", "right"),
+    ("Wasted", "right"),
+)
+
+
+def audit_table(result: CycleResult) -> Table:
+    table = Table(box=box.SIMPLE_HEAVY, header_style="bold", expand=False)
+    for header, justify in _COLUMNS:
+        table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+    for finding in result.findings:
+        table.add_row(*_row(finding))
+    return table
+
+
+def reasons_lines(result: CycleResult) -> list[Text]:
+    """Why each instance that is not simply busy got its verdict, one line each."""
+    lines = []
+    for finding in result.findings:
+        decision, price = finding.decision, finding.price
+        if decision.verdict is Verdict.BUSY and not price.reason:
+            continue
+        reasons = finding_reasons(finding)
+        label = finding.instance.name or finding.instance.instance_id
+        line = Text(f"{label}: ", style=VERDICT_STYLE[decision.verdict])
+        line.append("; ".join(reasons) or decision.verdict.value)
+        lines.append(line)
+    return lines
+
+
+def totals_line(result: CycleResult) -> str:
+    total = totals(result.findings)
+    counts = ", ".join(f"{n} {verdict}" for verdict, n in total.by_verdict.items() if n)
+    unpriced = f" ({total.unpriced} unpriced, not in the sums)" if total.unpriced else ""
+    return (
+        f"{total.instances} GPU instances{unpriced} · burn {_money(total.hourly_burn_usd)}/h · "
+        f"idle burn {_money(total.idle_burn_usd_per_hour)}/h · projected monthly waste "
+        f"{_money(total.projected_monthly_waste_usd, 0)} · {counts or 'nothing found'}"
+    )
+
+
+def print_audit(result: CycleResult, console: Console) -> None:
+    if result.findings:
+        console.print(audit_table(result))
+    console.print(totals_line(result))
+    lines = reasons_lines(result)
+    if lines:
+        console.print()
+        console.print("Why", style="bold")
+        for line in lines:
+            console.print(line)
+    console.print(
+        "Needs = how many times faster than its CPU equivalent the GPU must be at its measured "
+        "utilisation to pay off (rule of thumb: 2–3× premium at full use).",
+        style="dim",
+    )
