@@ -19,7 +19,6 @@ import socket
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
@@ -27,15 +26,15 @@ from typing import TYPE_CHECKING, Protocol
 import structlog
 
 from guardian.agent.gpu import Snapshot
-from guardian.agent.status import status_document
+from guardian.agent.poll import PollResult
+from guardian.agent.status import AgentFacts, status_document
 from guardian.config import Config
 from guardian.errors import ConfigError
 from guardian.model import Decision, GpuInstance, GpuSample, GpuUtilisation, PriceAssessment
-from guardian.policy.rules import decide
-from guardian.policy.tags import protection
+from guardian.policy import decide, protection
 
 if TYPE_CHECKING:
-    from guardian.agent.autostop import Autostop, AutostopState
+    from guardian.agent.autostop import Autostop
     from guardian.agent.gpu.nvml import Nvml
     from guardian.agent.status import RunDir
 
@@ -44,7 +43,6 @@ __all__ = [
     "STATUS_EVERY_S",
     "Agent",
     "Clock",
-    "PollResult",
     "SampleWindow",
     "Sink",
     "SystemClock",
@@ -218,14 +216,6 @@ def local_instance(
     )
 
 
-@dataclass(frozen=True)
-class PollResult:
-    snapshot: Snapshot
-    decision: Decision
-    autostop: AutostopState | None
-    keep_until: datetime | None
-
-
 class Agent:
     """Poll, decide, publish, autostop. Build it with ready parts; ``run`` loops until stopped."""
 
@@ -284,6 +274,19 @@ class Agent:
         self.last = result
         return result
 
+    def facts(self) -> AgentFacts:
+        """What the status file says about the agent itself."""
+        return AgentFacts(
+            started_at=self.started_at,
+            interval=self.interval,
+            backend=self.backend,
+            window_samples=len(self.window),
+            window_capacity=self.window.capacity,
+            autostop=self.autostop is not None,
+            dry_run=self.config.dry_run,
+            instance=self.instance,
+        )
+
     def _write_status(self, result: PollResult) -> None:
         # At 1 s polls the file is rewritten every few seconds, and at once when something a
         # person would look for changes: the verdict, the autostop step, a keep.
@@ -292,7 +295,7 @@ class Agent:
         key = (result.decision.verdict, step, result.keep_until)
         due = self.clock.monotonic() - self._status_at >= STATUS_EVERY_S
         if due or key != self._status_key:
-            self.run_dir.write_status(status_document(self, result))
+            self.run_dir.write_status(status_document(self.facts(), result))
             self._status_at, self._status_key = self.clock.monotonic(), key
 
     def _decide(self, snapshot: Snapshot, keep_until: datetime | None, now: datetime) -> Decision:

@@ -28,7 +28,7 @@ from guardian.errors import ConfigError
 from guardian.model import Verdict
 
 if TYPE_CHECKING:
-    from guardian.agent.loop import PollResult
+    from guardian.agent.poll import PollResult
 
 __all__ = [
     "CW_MAX_BYTES",

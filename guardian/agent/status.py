@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import json
 import os
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,12 +24,14 @@ from guardian.agent.gpu import GpuReading, Snapshot
 from guardian.errors import GuardianError
 
 if TYPE_CHECKING:
-    from guardian.agent.loop import Agent, PollResult
+    from guardian.agent.poll import PollResult
+    from guardian.model import GpuInstance
 
 __all__ = [
     "DEFAULT_RUN_DIR",
     "MAX_KEEP",
     "RUN_DIR_ENV",
+    "AgentFacts",
     "RunDir",
     "sample_document",
     "status_document",
@@ -41,6 +44,20 @@ RUN_DIR_ENV = "GUARDIAN_RUN_DIR"
 MAX_KEEP = timedelta(days=7)  # longer than this is a job for the guardian:keep-until tag
 STATUS_FILE = "agent-status.json"
 KEEP_FILE = "keep-until"
+
+
+@dataclass(frozen=True)
+class AgentFacts:
+    """The running agent as the status file shows it (the agent builds it for each write)."""
+
+    started_at: datetime
+    interval: timedelta
+    backend: str
+    window_samples: int
+    window_capacity: int
+    autostop: bool
+    dry_run: bool
+    instance: GpuInstance
 
 
 class RunDir:
@@ -156,7 +173,7 @@ def _gpus(gpus: tuple[GpuReading, ...]) -> list[dict[str, Any]]:
     ]
 
 
-def status_document(agent: Agent, result: PollResult) -> dict[str, Any]:
+def status_document(agent: AgentFacts, result: PollResult) -> dict[str, Any]:
     """What ``guardian agent status`` shows: GPUs, processes, verdict, any pending stop."""
     snap, decision, stop = result.snapshot, result.decision, result.autostop
     inst = agent.instance
@@ -168,10 +185,10 @@ def status_document(agent: Agent, result: PollResult) -> dict[str, Any]:
             "updated_at": _iso(snap.sampled_at),
             "interval_s": agent.interval.total_seconds(),
             "backend": agent.backend,
-            "window_samples": len(agent.window),
-            "window_capacity": agent.window.capacity,
-            "autostop": agent.autostop is not None,
-            "dry_run": agent.config.dry_run,
+            "window_samples": agent.window_samples,
+            "window_capacity": agent.window_capacity,
+            "autostop": agent.autostop,
+            "dry_run": agent.dry_run,
         },
         "instance": {
             "provider": inst.provider,

@@ -313,7 +313,8 @@ def refresh_command(
     overrides: SetOption = None,
 ) -> None:
     """Read current on-demand prices from the provider's price API into the state dir."""
-    from guardian.prices.refresh import default_regions, refresh, source_for
+    from guardian.prices.refresh import default_regions, refresh
+    from guardian.prices.sources import source_for
 
     parent = ctx.obj if isinstance(ctx.obj, dict) else {}
     config, _ = load_config(

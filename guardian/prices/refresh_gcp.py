@@ -28,11 +28,11 @@ import structlog
 from guardian.errors import ProviderError
 from guardian.prices.assessment import TypePrice
 from guardian.prices.catalog import RegionPrices, load_embedded
+from guardian.prices.refresh import RefreshReport, default_regions, refresh
 from guardian.providers.gcp.errors import map_google_error
 
 if TYPE_CHECKING:
     from guardian.config import Config, GcpConfig
-    from guardian.prices.refresh import RefreshReport
 
 __all__ = [
     "COMPUTE_ENGINE",
@@ -261,9 +261,7 @@ def refresh_gcp(
     now: datetime,
     source: GcpCatalogSource | None = None,
 ) -> RefreshReport:
-    """``prices refresh --provider gcp``: the shared ``price_refresh.refresh`` with our source."""
-    from guardian.prices.refresh import default_regions, refresh
-
+    """``prices refresh --provider gcp``: the shared ``refresh`` with our source."""
     wanted = list(region_names or default_regions("gcp", config, state_dir))
     if source is not None:
         return refresh(source, wanted, state_dir, now)

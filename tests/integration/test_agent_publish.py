@@ -14,7 +14,8 @@ import pytest
 from guardian.agent.gpu import GpuReading
 from guardian.agent.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
 from guardian.agent.gpu.nvml import Nvml
-from guardian.agent.loop import Agent, PollResult, local_instance
+from guardian.agent.loop import Agent, local_instance
+from guardian.agent.poll import PollResult
 from guardian.agent.publish import (
     CW_MAX_DATUMS,
     GCP_MEM_METRIC,

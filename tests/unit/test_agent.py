@@ -15,12 +15,12 @@ from guardian.agent.gpu.nvml import Nvml
 from guardian.agent.loop import (
     MAX_WINDOW_SAMPLES,
     Agent,
-    PollResult,
     SampleWindow,
     agent_horizon,
     local_instance,
     policy_config,
 )
+from guardian.agent.poll import PollResult
 from guardian.agent.status import RunDir
 from guardian.commands.agent import render_status
 from guardian.config import Config, parse_config

@@ -19,8 +19,9 @@ from typer.testing import CliRunner
 from guardian.commands import prices
 from guardian.errors import ConfigError, GuardianError, ProviderError
 from guardian.logs import configure_logging
-from guardian.prices import refresh as price_refresh
+from guardian.prices import sources
 from guardian.prices.catalog import CACHE_FILENAME, embedded_as_of
+from guardian.prices.refresh_aws import AwsPricingSource
 
 AS_OF = embedded_as_of()["aws"].isoformat()
 
@@ -214,9 +215,9 @@ def stubber(monkeypatch: pytest.MonkeyPatch) -> Iterator[Stubber]:
     client = boto3.client(
         "pricing", region_name="us-east-1", config=BotoConfig(retries={"total_max_attempts": 1})
     )
-    source = price_refresh.AwsPricingSource(client)
+    source = AwsPricingSource(client)
     monkeypatch.setattr(
-        price_refresh, "source_for", lambda provider, _config: source if provider == "aws" else None
+        sources, "source_for", lambda provider, _config: source if provider == "aws" else None
     )
     with Stubber(client) as stub:
         yield stub
