@@ -108,9 +108,8 @@ def per_instance(config_path: str, now_iso: str, out_path: str, workers: int) ->
     from botocore.config import Config as BotoConfig
 
     from guardian.config import load_config
-    from guardian.policy.rules import decide
-    from guardian.prices.assessment import assess
-    from guardian.prices.catalog import load_catalog
+    from guardian.policy import decide
+    from guardian.prices import assess, load_catalog
     from guardian.providers.aws.metrics import aligned_window
     from guardian.providers.aws.provider import AwsProvider
 

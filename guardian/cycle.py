@@ -14,8 +14,8 @@ import structlog
 
 from guardian.config import Config
 from guardian.model import Finding, GpuInstance, GpuUtilisation
-from guardian.policy.rules import decide
-from guardian.prices.assessment import PriceCatalog, assess
+from guardian.policy import decide
+from guardian.prices import PriceCatalog, assess
 from guardian.providers import Provider, UnitError
 from guardian.series import sparkline_values
 

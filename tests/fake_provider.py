@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from guardian.model import GpuInstance, GpuSample, GpuUtilisation
-from guardian.prices.assessment import PriceCatalog, TypePrice
+from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)

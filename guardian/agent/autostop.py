@@ -23,8 +23,7 @@ import structlog
 from guardian.config import Config
 from guardian.errors import ProviderError
 from guardian.model import Decision, GpuInstance
-from guardian.policy.gates import instance_block
-from guardian.policy.ladder import Episode, Step, next_step
+from guardian.policy import Episode, Step, instance_block, next_step
 from guardian.providers import Provider, StopResult
 
 __all__ = [

@@ -31,8 +31,7 @@ from typing import Any
 from guardian.backtest.trace import TraceSeries
 from guardian.config import Config
 from guardian.model import GpuInstance, GpuUtilisation, PriceAssessment
-from guardian.policy.ladder import Episode, Step, next_step
-from guardian.policy.rules import decide
+from guardian.policy import Episode, Step, decide, next_step
 
 __all__ = [
     "BacktestResult",

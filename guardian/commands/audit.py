@@ -28,7 +28,7 @@ class OutputFormat(StrEnum):
 
 def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
     """Discover, measure, price and decide once, with progress on stderr."""
-    from guardian.prices.catalog import load_catalog
+    from guardian.prices import load_catalog
     from guardian.providers.factory import build_providers
 
     providers = build_providers(config)

@@ -46,8 +46,7 @@ class BacktestFormat(StrEnum):
 
 
 def _price_for(config: Config) -> PriceFor:
-    from guardian.prices.assessment import assess
-    from guardian.prices.catalog import load_catalog
+    from guardian.prices import assess, load_catalog
 
     catalog = load_catalog(config.state_dir)
 

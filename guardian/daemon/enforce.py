@@ -33,8 +33,7 @@ from guardian.daemon.notify import Notifier
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
 from guardian.errors import GuardianError
 from guardian.model import Finding, GpuInstance, Verdict
-from guardian.policy.gates import instance_block, permanent_block
-from guardian.policy.ladder import Step, next_step
+from guardian.policy import Step, instance_block, next_step, permanent_block
 from guardian.providers import Provider, UnitError
 
 __all__ = ["EnforceSummary", "Enforcer"]

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from guardian.model import Finding, GpuInstance
-from guardian.policy.tags import format_keep_until
+from guardian.policy import format_keep_until
 
 __all__ = [
     "DigestSummary",

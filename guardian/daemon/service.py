@@ -36,7 +36,7 @@ from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
 from guardian.daemon.store import Store
 from guardian.errors import ConfigError, GuardianError
-from guardian.prices.assessment import PriceCatalog
+from guardian.prices import PriceCatalog
 from guardian.providers import Provider
 from guardian.report.document import totals
 
@@ -64,7 +64,7 @@ def _default_providers(config: Config) -> Sequence[Provider]:
 
 
 def _default_catalog(state_dir: Path) -> PriceCatalog:
-    from guardian.prices.catalog import load_catalog
+    from guardian.prices import load_catalog
 
     return load_catalog(state_dir)
 
@@ -252,16 +252,17 @@ class Daemon:
         config = self._runtime.config
         with structlog.contextvars.bound_contextvars(job="price_refresh"):
             try:
-                from guardian.prices import refresh as price_refresh
+                from guardian.prices.refresh import default_regions, refresh
+                from guardian.prices.sources import source_for
             except ImportError:
                 log.warning("price_refresh_unavailable")
                 return
             enabled = {"aws": config.aws.enabled, "gcp": config.gcp.enabled}
             for provider in (name for name, on in enabled.items() if on):
                 try:
-                    source = price_refresh.source_for(provider, config)
-                    regions = price_refresh.default_regions(provider, config, config.state_dir)
-                    report = price_refresh.refresh(source, regions, config.state_dir, self._clock())
+                    source = source_for(provider, config)
+                    regions = default_regions(provider, config, config.state_dir)
+                    report = refresh(source, regions, config.state_dir, self._clock())
                 except GuardianError as exc:
                     log.warning("price_refresh_failed", provider=provider, error=str(exc))
                     continue

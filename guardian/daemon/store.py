@@ -32,7 +32,7 @@ from guardian.daemon.schema import (
 )
 from guardian.errors import ConfigError
 from guardian.model import Finding, GpuInstance
-from guardian.policy.ladder import Episode
+from guardian.policy import Episode
 
 __all__ = [
     "ActionRow",

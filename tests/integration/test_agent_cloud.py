@@ -24,7 +24,7 @@ from guardian.agent.status import RunDir
 from guardian.commands.agent import build_agent
 from guardian.config import parse_config
 from guardian.model import Lifecycle, Verdict
-from guardian.policy.ladder import Step
+from guardian.policy import Step
 from guardian.simulated.aws import launch_gpu_instances
 
 # -- local metadata servers ----------------------------------------------------------------------

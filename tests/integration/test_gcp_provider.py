@@ -19,7 +19,7 @@ from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.errors import AuthError, ConfigError
 from guardian.model import GpuInstance, Lifecycle, Verdict
-from guardian.prices.assessment import PriceCatalog
+from guardian.prices import PriceCatalog
 from guardian.providers.gcp.provider import GcpProvider, probe_credentials
 from tests.fakes.gcp_compute import (
     DEFAULT_MACHINE_TYPES,

@@ -14,12 +14,12 @@ from structlog.testing import capture_logs
 from guardian.agent.autostop import Alerter, Autostop, CloudTarget
 from guardian.agent.gpu.fake import FakeNvml, ManualClock, Scenario, load_scenario
 from guardian.agent.gpu.nvml import Nvml
-from guardian.agent.loop import Agent, PollResult, local_instance
+from guardian.agent.loop import Agent, local_instance
+from guardian.agent.poll import PollResult
 from guardian.agent.status import RunDir
 from guardian.config import parse_config
 from guardian.model import GpuInstance, Verdict
-from guardian.policy.gates import instance_block
-from guardian.policy.ladder import Step
+from guardian.policy import Step, instance_block
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import FakeProvider, make_instance
 

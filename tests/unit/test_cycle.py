@@ -13,7 +13,7 @@ from guardian import cycle
 from guardian.config import Config
 from guardian.cycle import audit_cycle
 from guardian.model import GpuInstance, GpuUtilisation, Verdict
-from guardian.policy.rules import decide
+from guardian.policy import decide
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
 

@@ -13,7 +13,7 @@ import pytest
 from google.cloud import billing_v1, compute_v1
 
 from guardian.model import Lifecycle
-from guardian.prices.assessment import TypePrice
+from guardian.prices import TypePrice
 from guardian.prices.refresh_gcp import accelerator_name, parse_skus, price_types
 from guardian.providers.gcp.discovery import (
     AcceleratorSpec,

@@ -9,8 +9,8 @@ import pytest
 
 from guardian.config import Config, IdleConfig, apply_overrides, parse_config
 from guardian.model import GpuSample, GpuUtilisation, PriceAssessment, Verdict
+from guardian.policy import decide
 from guardian.policy.history import PauseHistory, idle_waits, pause_history
-from guardian.policy.rules import decide
 from tests.fake_provider import NOW, make_instance
 
 PRICE = PriceAssessment(1.0, "catalog", None, None, "no CPU equivalent")

@@ -15,8 +15,8 @@ from hypothesis import strategies as st
 
 from guardian.config import Config, apply_overrides, parse_config
 from guardian.model import GpuSample, GpuUtilisation, PriceAssessment, Verdict
+from guardian.policy import decide
 from guardian.policy.history import idle_waits, pause_history
-from guardian.policy.rules import decide
 from tests.fake_provider import NOW, make_instance
 
 PRICE = PriceAssessment(2.0, "catalog", None, None, "no CPU equivalent")

@@ -20,7 +20,7 @@ from botocore.stub import Stubber
 
 from guardian.config import parse_config
 from guardian.errors import AuthError, GuardianError, ProviderError, Throttled, Unavailable
-from guardian.prices.assessment import TypePrice
+from guardian.prices import TypePrice
 from guardian.prices.catalog import (
     CACHE_FILENAME,
     PriceCache,
@@ -30,14 +30,9 @@ from guardian.prices.catalog import (
     read_cache,
     write_cache,
 )
-from guardian.prices.refresh import (
-    AwsPricingSource,
-    _map_aws_error,
-    default_regions,
-    parse_ec2_product,
-    refresh,
-    source_for,
-)
+from guardian.prices.refresh import default_regions, refresh
+from guardian.prices.refresh_aws import AwsPricingSource, _map_aws_error, parse_ec2_product
+from guardian.prices.sources import source_for
 
 NOW = datetime(2026, 11, 26, 23, 59, tzinfo=UTC)
 EARLIER = datetime(2026, 10, 1, tzinfo=UTC)

@@ -16,7 +16,7 @@ from guardian.cycle import audit_cycle
 from guardian.daemon.schema import metadata
 from guardian.daemon.store import InstanceRef, Store
 from guardian.errors import ConfigError
-from guardian.prices.assessment import PriceCatalog
+from guardian.prices import PriceCatalog
 from tests.fake_provider import NOW, FakeProvider, flat_samples, make_instance
 
 REF = InstanceRef("aws:123456789012:i-1", "aws", "123456789012", "us-east-1", "i-1", "trainer")
