@@ -18,7 +18,9 @@ __all__ = [
     "GpuInstance",
     "GpuSample",
     "GpuUtilisation",
+    "InstanceMetric",
     "Lifecycle",
+    "Point",
     "PriceAssessment",
     "Verdict",
 ]
@@ -32,6 +34,19 @@ class Verdict(StrEnum):
     BUSY = "busy"
     UNMEASURED = "unmeasured"
     PROTECTED = "protected"
+
+
+Point = tuple[datetime, float]  # (aware UTC time, value)
+
+
+class InstanceMetric(StrEnum):
+    """Per-instance series read beside the GPUs' series, in the same batched calls: one value
+    per instance and time, not per GPU. Each is optional; absent means not measured, never 0."""
+
+    HOST_CPU_PCT = "host_cpu_pct"  # the host's CPUs busy, percent
+    HOST_MEM_PCT = "host_mem_pct"  # the host's memory in use, percent
+    LOCAL_DISK_USED_MIB = "local_disk_used_mib"  # instance store / local SSD in use (agent)
+    NOTEBOOK_IDLE_S = "notebook_idle_s"  # since the GPU-holding notebook kernels' last activity
 
 
 class Lifecycle(StrEnum):
@@ -99,6 +114,14 @@ class GpuUtilisation:
     gpus_reporting: int = 0
     error: str | None = None
     processes: int | None = None
+    # The instance's other series over the same window, oldest first; a metric not read, or
+    # with no data, has no entry.
+    instance_series: Mapping[InstanceMetric, tuple[Point, ...]] = field(default_factory=dict)
+
+    def newest(self, metric: InstanceMetric) -> Point | None:
+        """The newest point of one of the instance's series, if it has any."""
+        series = self.instance_series.get(metric)
+        return series[-1] if series else None
 
 
 @dataclass(frozen=True)

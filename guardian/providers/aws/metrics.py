@@ -8,6 +8,10 @@ instance — and filtered here to the instances being audited. The queries (Stat
 per GPU and metric) are then packed into GetMetricData calls of at most 500 queries, and fewer
 when the window is long, so that one response page stays under 100,800 datapoints.
 
+Per-instance series (``InstanceSeriesSpec``: host CPU, the agent's local-disk and notebook
+signals) ride in the same calls: one query per instance and metric, packed with its GPU queries.
+They are optional: a failed or empty one leaves the instance's entry out, never its GPUs.
+
 A failure never raises: the instances it concerns get ``GpuUtilisation.error`` and are reported
 ``unmeasured``.
 """
@@ -15,11 +19,11 @@ A failure never raises: the instances it concerns get ``GpuUtilisation.error`` a
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from guardian.model import GpuInstance, GpuUtilisation
+from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.aws.limits import AwsLimits
 from guardian.series import reduce_gpu_series
 
@@ -28,6 +32,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "RECENTLY_ACTIVE",
+    "InstanceSeriesSpec",
     "MetricNames",
     "Query",
     "aligned_window",
@@ -38,7 +43,7 @@ __all__ = [
     "reduce_instance",
 ]
 
-Kind = Literal["util", "mem"]
+Kind = Literal["util", "mem", "instance"]
 Dims = tuple[tuple[str, str], ...]  # (name, value) pairs in the order ListMetrics gave them
 # One query's answer as CloudWatch's parsed response has it: timestamps and values in two
 # parallel lists, oldest first. Not zipped into tuples: that would be another 56-byte object per
@@ -54,16 +59,33 @@ _NO_POINTS: Points = ([], [])
 
 
 @dataclass(frozen=True)
+class InstanceSeriesSpec:
+    """Where one per-instance series lives in CloudWatch, and how to read it."""
+
+    key: InstanceMetric
+    namespace: str
+    metric: str
+    # True: published by an agent, perhaps with extra dimensions (append_dimensions), so the
+    # exact sets are learned with ListMetrics like the GPUs'. False: every instance has it with
+    # exactly {InstanceId} (AWS/EC2), so it is queried without listing a whole region.
+    listed: bool = True
+    stat: str = "Maximum"
+    scale: float = 1.0  # CloudWatch's unit → guardian's
+
+
+@dataclass(frozen=True)
 class MetricNames:
     namespace: str
     gpu_util: str
     gpu_mem_used: str
     period_s: int
+    instance_series: tuple[InstanceSeriesSpec, ...] = ()
 
 
 @dataclass(frozen=True)
 class Query:
-    """One GetMetricData query: one metric of one GPU of one instance."""
+    """One GetMetricData query: one metric of one GPU of one instance, or (``kind`` instance)
+    one per-instance series, whose ``gpu`` is then the ``InstanceMetric`` it fills."""
 
     id: str
     instance_key: str
@@ -71,6 +93,8 @@ class Query:
     gpu: str
     metric: str
     dims: Dims
+    namespace: str | None = None  # None: MetricNames.namespace
+    stat: str = "Maximum"
 
 
 def aligned_window(start: datetime, end: datetime, period_s: int) -> tuple[datetime, datetime]:
@@ -129,6 +153,7 @@ def plan_batches(
     max_queries: int,
     *,
     id_prefix: str = "q",
+    instance_listings: Mapping[InstanceMetric, Mapping[str, Sequence[Dims]]] | None = None,
 ) -> list[list[Query]]:
     """Queries for every GPU series, packed into batches of at most ``max_queries``.
 
@@ -137,7 +162,9 @@ def plan_batches(
 
     An instance's queries stay in one batch where they fit, so a failed call costs the fewest
     instances. Instances without a utilisation series get no queries (the caller reports them).
+    ``instance_listings`` holds the listed sets of the listed per-instance series.
     """
+    listings = instance_listings or {}
     batches: list[list[Query]] = []
     current: list[Query] = []
     count = 0  # ids are unique across batches, so their results can be merged
@@ -145,24 +172,46 @@ def plan_batches(
         util = util_series.get(instance.instance_id, [])
         if not util:
             continue
-        mine: list[tuple[Kind, str, Dims]] = [("util", names.gpu_util, dims) for dims in util]
-        mine += [
-            ("mem", names.gpu_mem_used, dims) for dims in mem_series.get(instance.instance_id, [])
+        mine = [
+            Query("", instance.key, "util", _gpu_label(dims), names.gpu_util, dims) for dims in util
         ]
+        mine += [
+            Query("", instance.key, "mem", _gpu_label(dims), names.gpu_mem_used, dims)
+            for dims in mem_series.get(instance.instance_id, [])
+        ]
+        mine += _instance_queries(instance, names, listings)
         if current and len(current) + len(mine) > max_queries:
             batches.append(current)
             current = []
-        for kind, metric, dims in mine:
+        for query in mine:
             if len(current) >= max_queries:
                 batches.append(current)
                 current = []
-            current.append(
-                Query(f"{id_prefix}{count}", instance.key, kind, _gpu_label(dims), metric, dims)
-            )
+            current.append(replace(query, id=f"{id_prefix}{count}"))
             count += 1
     if current:
         batches.append(current)
     return batches
+
+
+def _instance_queries(
+    instance: GpuInstance,
+    names: MetricNames,
+    listings: Mapping[InstanceMetric, Mapping[str, Sequence[Dims]]],
+) -> list[Query]:
+    queries = []
+    for spec in names.instance_series:
+        if spec.listed:
+            sets: Sequence[Dims] = listings.get(spec.key, {}).get(instance.instance_id, [])
+        else:
+            sets = [(("InstanceId", instance.instance_id),)]
+        queries += [
+            Query(
+                "", instance.key, "instance", spec.key, spec.metric, dims, spec.namespace, spec.stat
+            )
+            for dims in sets
+        ]
+    return queries
 
 
 def _query_body(query: Query, names: MetricNames) -> dict[str, Any]:
@@ -170,13 +219,13 @@ def _query_body(query: Query, names: MetricNames) -> dict[str, Any]:
         "Id": query.id,
         "MetricStat": {
             "Metric": {
-                "Namespace": names.namespace,
+                "Namespace": query.namespace or names.namespace,
                 "MetricName": query.metric,
                 # Exactly the listed set, in the listed order.
                 "Dimensions": [{"Name": n, "Value": v} for n, v in query.dims],
             },
             "Period": names.period_s,
-            "Stat": "Maximum",
+            "Stat": query.stat,
         },
         "ReturnData": True,
     }
@@ -245,12 +294,14 @@ def reduce_instance(
     """Per-GPU series → per-instance samples; an error if any utilisation series failed."""
     util: dict[str, dict[datetime, float]] = {}
     mem: dict[str, dict[datetime, float]] = {}
+    other: dict[str, dict[datetime, float]] = {}
     for query in queries:
         if query.kind == "util" and query.id in failed:
             return GpuUtilisation(period_s=names.period_s, error=failed[query.id])
         if query.id in failed:
-            continue  # memory is optional: the samples carry None for it
-        per_time = (util if query.kind == "util" else mem).setdefault(query.gpu, {})
+            continue  # memory and the per-instance series are optional: left out
+        by_kind = {"util": util, "mem": mem, "instance": other}[query.kind]
+        per_time = by_kind.setdefault(query.gpu, {})
         # Two series of one GPU (the agent's dimensions changed) merge; the max wins per time,
         # so the GPU still counts once at each timestamp.
         times, values = points.get(query.id, _NO_POINTS)
@@ -261,4 +312,23 @@ def reduce_instance(
         {gpu: sorted(series.items()) for gpu, series in mem.items()} or None,
         expected_gpus=instance.gpu_count,
     )
-    return GpuUtilisation(samples=samples, period_s=names.period_s, gpus_reporting=len(util))
+    return GpuUtilisation(
+        samples=samples,
+        period_s=names.period_s,
+        gpus_reporting=len(util),
+        instance_series=_instance_series(other, names),
+    )
+
+
+def _instance_series(
+    collected: Mapping[str, Mapping[datetime, float]], names: MetricNames
+) -> dict[InstanceMetric, tuple[Point, ...]]:
+    scales = {spec.key: spec.scale for spec in names.instance_series}
+    return {
+        InstanceMetric(key): tuple(
+            (at, value * scales.get(InstanceMetric(key), 1.0))
+            for at, value in sorted(series.items())
+        )
+        for key, series in collected.items()
+        if series
+    }

@@ -23,7 +23,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from guardian.config import Config
 from guardian.errors import AuthError, GuardianError
-from guardian.model import GpuInstance, GpuUtilisation
+from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric
 from guardian.providers import Discovery, StopResult, UnitError
 from guardian.providers.aws.clients import (
     AccountAccess,
@@ -35,6 +35,8 @@ from guardian.providers.aws.discovery import GpuTypeCatalog, discover_region
 from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.aws.limits import AwsLimits
 from guardian.providers.aws.metrics import (
+    Dims,
+    InstanceSeriesSpec,
     MetricNames,
     Points,
     Query,
@@ -72,6 +74,29 @@ def _operation(exc: BaseException, service: str, default: str) -> str:
 
 
 Fetched = tuple[dict[str, Points], dict[str, str]]  # points and failures by query id
+
+
+Listings = Mapping[tuple[tuple[str, str], str, str], "Future[dict[str, list[Dims]]]"]
+
+
+def _instance_listings(
+    unit: tuple[str, str], listings: Listings, names: MetricNames
+) -> dict[InstanceMetric, dict[str, list[Dims]]]:
+    """The listed per-instance series of one unit; a failed listing only loses that series."""
+    found: dict[InstanceMetric, dict[str, list[Dims]]] = {}
+    for spec in names.instance_series:
+        if not spec.listed:
+            continue
+        try:
+            found[spec.key] = listings[(unit, spec.namespace, spec.metric)].result()
+        except Exception as exc:
+            log.warning(
+                "aws_instance_series_listing_failed",
+                region=unit[1],
+                metric=spec.metric,
+                error=str(exc),
+            )
+    return found
 
 
 def _reduce_as_completed(
@@ -123,7 +148,8 @@ class AwsProvider:
     ``session`` (tests, benchmarks) replaces the default boto3 session; its clients are made to
     parse epoch timestamps straight to UTC (the same instants, several times faster).
     ``catalog`` shares learned GPU types between providers; ``limits`` and ``client_config``
-    shrink the API limits and retries for tests.
+    shrink the API limits and retries for tests. ``instance_series`` adds per-instance series
+    to read beside the GPUs' (each in the same GetMetricData calls).
     """
 
     name = "aws"
@@ -136,6 +162,7 @@ class AwsProvider:
         catalog: GpuTypeCatalog | None = None,
         limits: AwsLimits | None = None,
         client_config: BotoConfig | None = None,
+        instance_series: Sequence[InstanceSeriesSpec] = (),
     ) -> None:
         self._config = config
         self._limits = limits or AwsLimits()
@@ -145,7 +172,11 @@ class AwsProvider:
         )
         metrics = config.aws.metrics
         self._names = MetricNames(
-            metrics.namespace, metrics.gpu_util, metrics.gpu_mem_used, metrics.period
+            metrics.namespace,
+            metrics.gpu_util,
+            metrics.gpu_mem_used,
+            metrics.period,
+            tuple(instance_series),
         )
         self._regions: dict[str, tuple[float, list[str]]] = {}  # account → enabled regions
 
@@ -257,32 +288,40 @@ class AwsProvider:
         measured: list[GpuInstance] = []
         with self._pool(2 * len(readers)) as pool:
             # Phase 1, all regions at once: which series each instance has, per metric.
+            listed = [(names.namespace, names.gpu_util), (names.namespace, names.gpu_mem_used)]
+            listed += [(s.namespace, s.metric) for s in names.instance_series if s.listed]
             listings = {
-                (unit, metric): pool.submit(
+                (unit, namespace, metric): pool.submit(
                     list_instance_series,
                     cloudwatch,
-                    names.namespace,
+                    namespace,
                     metric,
                     [i.instance_id for i in groups[unit]],
                 )
                 for unit, cloudwatch in readers.items()
-                for metric in (names.gpu_util, names.gpu_mem_used)
+                for namespace, metric in dict.fromkeys(listed)
             }
             # Phase 2: every batch of every region on the same pool.
             for unit_number, (unit, cloudwatch) in enumerate(readers.items()):
                 members = groups[unit]
                 try:
-                    util = listings[(unit, names.gpu_util)].result()
+                    util = listings[(unit, names.namespace, names.gpu_util)].result()
                 except Exception as exc:
                     yield from self._fail(members, exc, "cloudwatch:ListMetrics")
                     continue
                 try:
-                    mem = listings[(unit, names.gpu_mem_used)].result()
+                    mem = listings[(unit, names.namespace, names.gpu_mem_used)].result()
                 except Exception as exc:  # memory is optional: without it no early "released"
                     log.warning("aws_memory_listing_failed", region=unit[1], error=str(exc))
                     mem = {}
                 batches = plan_batches(
-                    members, util, mem, names, max_queries, id_prefix=f"u{unit_number}q"
+                    members,
+                    util,
+                    mem,
+                    names,
+                    max_queries,
+                    id_prefix=f"u{unit_number}q",
+                    instance_listings=_instance_listings(unit, listings, names),
                 )
                 for batch in batches:
                     future = pool.submit(fetch_batch, cloudwatch, batch, names, start, end)

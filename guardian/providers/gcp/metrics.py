@@ -7,6 +7,10 @@ and reduce them ourselves (``guardian.series.reduce_gpu_series``): a cross-serie
 Google's side would hide which GPUs reported, and an instance whose GPU is silent must not look
 idle.
 
+Per-instance series (``GcpInstanceSeriesSpec``: host CPU, the agent's local-disk and notebook
+signals) are one more query per project and metric, read the same way; they are optional, so a
+failed one leaves only that series out.
+
 Units: the Ops Agent reports utilisation in percent, the DCGM receiver as a fraction (unit
 ``1``); memory arrives in bytes and is converted to MiB.
 """
@@ -18,11 +22,12 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from guardian.model import GpuInstance, GpuUtilisation
+from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.gcp.errors import map_google_error
 from guardian.series import reduce_gpu_series
 
 __all__ = [
+    "GcpInstanceSeriesSpec",
     "MetricKind",
     "ProjectSeries",
     "build_request",
@@ -31,13 +36,22 @@ __all__ = [
     "utilisation_for",
 ]
 
-MetricKind = Literal["util", "mem"]
+MetricKind = Literal["util", "mem", "instance"]
 Points = list[tuple[datetime, float]]
 # instance id → GPU key → points
 SeriesByInstance = dict[str, dict[str, Points]]
 
 _MIB = 1024 * 1024
 _MEMORY_UNITS = {"By": 1 / _MIB, "KiBy": 1 / 1024, "MiBy": 1.0, "GiBy": 1024.0, "": 1 / _MIB}
+
+
+@dataclass(frozen=True)
+class GcpInstanceSeriesSpec:
+    """One per-instance series in Cloud Monitoring (``resource.type = "gce_instance"``)."""
+
+    key: InstanceMetric
+    metric_type: str
+    scale: float = 1.0  # Monitoring's unit → guardian's
 
 
 def memory_state_label(metric_type: str) -> str:
@@ -86,6 +100,8 @@ class ProjectSeries:
 
 
 def _scale(unit: str, metric_type: str, kind: MetricKind) -> float:
+    if kind == "instance":
+        return 1.0  # the spec's own scale applies
     if kind == "mem":
         return _MEMORY_UNITS.get(unit, 1 / _MIB)
     if unit == "1" or (not unit and "dcgm" in metric_type):
@@ -174,6 +190,8 @@ def utilisation_for(
     mem: ProjectSeries | Exception | None,
     metric_type: str,
     period_s: int,
+    *,
+    instance_results: Mapping[GcpInstanceSeriesSpec, ProjectSeries | Exception] | None = None,
 ) -> GpuUtilisation:
     """One VM's GpuUtilisation from its project's query results (or their failure)."""
     if isinstance(util, Exception):
@@ -191,4 +209,27 @@ def utilisation_for(
     if isinstance(mem, ProjectSeries):
         mem_by_gpu = mem.by_instance.get(instance.instance_id)
     samples = reduce_gpu_series(util_by_gpu, mem_by_gpu, expected_gpus=instance.gpu_count)
-    return GpuUtilisation(samples=samples, period_s=period_s, gpus_reporting=len(util_by_gpu))
+    return GpuUtilisation(
+        samples=samples,
+        period_s=period_s,
+        gpus_reporting=len(util_by_gpu),
+        instance_series=_instance_series(instance, instance_results or {}),
+    )
+
+
+def _instance_series(
+    instance: GpuInstance,
+    results: Mapping[GcpInstanceSeriesSpec, ProjectSeries | Exception],
+) -> dict[InstanceMetric, tuple[Point, ...]]:
+    """The VM's per-instance series; several series of one metric merge, the max per time."""
+    found: dict[InstanceMetric, tuple[Point, ...]] = {}
+    for spec, result in results.items():
+        if isinstance(result, Exception):
+            continue
+        merged: dict[datetime, float] = {}
+        for points in result.by_instance.get(instance.instance_id, {}).values():
+            for at, value in points:
+                merged[at] = max(value, merged.get(at, value))
+        if merged:
+            found[spec.key] = tuple((at, v * spec.scale) for at, v in sorted(merged.items()))
+    return found

@@ -35,6 +35,7 @@ from guardian.providers.gcp.discovery import (
 )
 from guardian.providers.gcp.errors import map_google_error
 from guardian.providers.gcp.metrics import (
+    GcpInstanceSeriesSpec,
     MetricKind,
     ProjectSeries,
     fetch_project_series,
@@ -59,6 +60,7 @@ class GcpProvider:
         stop_timeout_s: float = 300.0,
         max_workers: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        instance_series: Sequence[GcpInstanceSeriesSpec] = (),
     ) -> None:
         self._config = config
         self._gcp = config.gcp
@@ -83,6 +85,8 @@ class GcpProvider:
         self._api_deadline_s = api_deadline_s
         self._stop_timeout_s = stop_timeout_s
         self._max_workers = max(1, max_workers)
+        # Per-instance series read beside the GPUs' (host CPU, the agent's signals).
+        self._instance_series = tuple(instance_series)
         self._calls: Counter[str] = Counter()
         self._calls_lock = threading.Lock()
 
@@ -189,12 +193,14 @@ class GcpProvider:
 
     # --- utilisation ---------------------------------------------------------------------
 
-    def _metric_jobs(self, projects: Sequence[str]) -> list[tuple[str, MetricKind, str]]:
+    def _metric_jobs(self, projects: Sequence[str]) -> list[tuple[str, str, MetricKind, str]]:
+        """(project, slot, kind, metric type): one query each; slot names the result."""
         metrics = self._gcp.metrics
-        kinds: list[tuple[MetricKind, str]] = [("util", metrics.gpu_util)]
+        kinds: list[tuple[str, MetricKind, str]] = [("util", "util", metrics.gpu_util)]
         if metrics.gpu_mem_used:
-            kinds.append(("mem", metrics.gpu_mem_used))
-        return [(project, kind, metric) for project in projects for kind, metric in kinds]
+            kinds.append(("mem", "mem", metrics.gpu_mem_used))
+        kinds += [(spec.key, "instance", spec.metric_type) for spec in self._instance_series]
+        return [(project, *kind) for project in projects for kind in kinds]
 
     def _fetch(
         self, project: str, kind: MetricKind, metric_type: str, start: datetime, end: datetime
@@ -219,13 +225,13 @@ class GcpProvider:
         ours = [i for i in instances if i.provider == self.name]
         projects = sorted({i.account for i in ours})
         jobs = self._metric_jobs(projects)
-        results: dict[tuple[str, MetricKind], ProjectSeries | Exception] = {}
+        results: dict[tuple[str, str], ProjectSeries | Exception] = {}
         if jobs:
             workers = min(self._max_workers, len(jobs))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcp-metrics") as pool:
                 futures = {
-                    (project, kind): pool.submit(self._fetch, project, kind, metric, start, end)
-                    for project, kind, metric in jobs
+                    (project, slot): pool.submit(self._fetch, project, kind, metric, start, end)
+                    for project, slot, kind, metric in jobs
                 }
             for job, future in futures.items():
                 try:
@@ -245,6 +251,11 @@ class GcpProvider:
                     results.get((i.account, "mem")),
                     self._gcp.metrics.gpu_util,
                     period,
+                    instance_results={
+                        spec: results[(i.account, spec.key)]
+                        for spec in self._instance_series
+                        if (i.account, spec.key) in results
+                    },
                 ),
             )
 
