@@ -6,7 +6,7 @@ classes, so no generated service stubs are needed: the wire format is the real o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Self
 
@@ -30,10 +30,19 @@ class FakeGrpcServer:
     """One gRPC service on 127.0.0.1 at a free port; ``endpoint`` is ``http://127.0.0.1:PORT``
     (the ``http://`` tells guardian's client builder to use an insecure channel)."""
 
-    def __init__(self, service: str, methods: Mapping[str, Any], workers: int = 4) -> None:
+    def __init__(
+        self,
+        service: str,
+        methods: Mapping[str, Any],
+        workers: int = 4,
+        interceptors: Sequence[Any] = (),
+    ) -> None:
         import grpc
 
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=workers))
+        # Interceptors let tests break calls on the wire (tests/fakes/fault_proxy.py).
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=workers), interceptors=list(interceptors)
+        )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, dict(methods)),)
         )

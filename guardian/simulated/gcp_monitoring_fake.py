@@ -265,7 +265,9 @@ class _MetricService:
 class FakeMonitoringServer(FakeGrpcServer):
     """The MetricService fake on a free local port."""
 
-    def __init__(self, state: FakeMonitoringState | None = None) -> None:
+    def __init__(
+        self, state: FakeMonitoringState | None = None, interceptors: Sequence[Any] = ()
+    ) -> None:
         from google.cloud import monitoring_v3
 
         self.state = state or FakeMonitoringState()
@@ -279,4 +281,5 @@ class FakeMonitoringServer(FakeGrpcServer):
                     monitoring_v3.ListTimeSeriesResponse,
                 )
             },
+            interceptors=interceptors,
         )
