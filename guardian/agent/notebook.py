@@ -13,12 +13,14 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 from guardian.agent.gpu import Snapshot
-from guardian.agent.jupyter import JupyterWatch, Kernel, ServerReading
+from guardian.agent.jupyter import JupyterWatch, Kernel, ServerReading, read_tokens
 from guardian.agent.processes import ProcessInfo, ProcessKind, ProcFs, classify
+from guardian.config import Config
 
-__all__ = ["NotebookReport", "NotebookWatch", "notebook_signal"]
+__all__ = ["NotebookReport", "NotebookWatch", "build_notebook_watch", "notebook_signal"]
 
 
 @dataclass(frozen=True)
@@ -112,3 +114,19 @@ class NotebookWatch:
             why = "notebook kernels hold the GPUs, but reading Jupyter is off (agent.jupyter)"
         matched = tuple(kernels[p.kernel_id] for p in processes if p.kernel_id in kernels)
         return NotebookReport(processes, tuple(dict.fromkeys(matched)), idle_s, why, unread)
+
+
+def build_notebook_watch(config: Config, proc_root: Path = Path("/proc")) -> NotebookWatch:
+    """The watch ``agent.jupyter`` asks for; a token file it cannot read is a ConfigError."""
+    proc = ProcFs(proc_root)
+    settings = config.agent.jupyter
+    jupyter = None
+    if settings.enabled:
+        jupyter = JupyterWatch(
+            settings.runtime_dirs or None,
+            urls=settings.urls,
+            tokens=read_tokens(settings.token_file, settings.urls),
+            timeout_s=settings.timeout.total_seconds(),
+            is_alive=proc.exists,
+        )
+    return NotebookWatch(proc, jupyter)

@@ -19,9 +19,17 @@ from operator import itemgetter
 
 from guardian.model import GpuUtilisation, InstanceMetric
 
-__all__ = ["notebook_idle_s"]
+__all__ = ["NOTEBOOK_ADVICE", "notebook_idle_s"]
 
 _AT = itemgetter(0)
+
+# What a notebook's owner needs to read in the warning, from the daemon or the agent. Reopening
+# the notebook alone may not cancel the stop (the GPUs may be idle past the usual wait too).
+NOTEBOOK_ADVICE = (
+    "A notebook kernel holds the GPU with no browser connected. Save your notebooks, and "
+    "anything that lives only in the kernel's memory (variables, a trained model), before the "
+    "stop: stopping the machine ends the kernel. To keep working on it, keep the machine."
+)
 
 
 def notebook_idle_s(
