@@ -10,7 +10,8 @@ when ``gcp.metrics`` names them. The notebook signal (``guardian.agent.notebook`
 them, per instance: ``guardian_notebook_idle`` (Seconds, dimensions exactly ``InstanceId``) and
 ``custom.googleapis.com/guardian/notebook/idle_seconds``, only while it is present. Unknown
 values are left out, never sent as 0. A sink never raises into the poll loop: failures are
-logged, and a bounded buffer keeps the newest data for the next try. boto3 and the Google libraries are imported only by the sink that needs them.
+logged, and a bounded buffer keeps the newest data for the next try. boto3 and the Google
+libraries are imported only by the sink that needs them.
 """
 
 from __future__ import annotations
