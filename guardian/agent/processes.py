@@ -5,8 +5,9 @@ Only a notebook kernel can earn the notebook shortcut (``guardian.agent.notebook
 never can, and neither can a process we could not read (``unknown``): doubt keeps today's waits.
 
 - **server**: a known serving binary (Triton, vLLM, TGI, TorchServe, Ray Serve, and a few more),
-  itself or among its ancestors, or any process listening on a TCP port that is not a kernel's own
-  ZeroMQ port (a notebook kernel running a Gradio app is serving, not idle);
+  itself or among its ancestors, or any process listening on a TCP port — for a kernel, any port
+  outside its connection file that is not on the loopback interface (a notebook kernel running a
+  Gradio app for others is serving, not idle; ipykernel's own IOPub pipe listens on 127.0.0.1);
 - **notebook kernel**: ipykernel / ipykernel_launcher (Jupyter, VS Code), xeus kernels, IRkernel,
   IJulia, or any command started with a Jupyter connection file (``-f …/kernel-ID.json``, which
   every kernel launcher passes). A ``multiprocessing`` child inherits its parent's class;
@@ -32,6 +33,11 @@ __all__ = ["ProcFs", "ProcessInfo", "ProcessKind", "classify"]
 _MAX_ANCESTORS = 16  # far more than any real launcher chain; a guard against a cycle in a fake
 _LISTEN = "0A"  # TCP_LISTEN in /proc/net/tcp's st column
 _KERNEL_PORTS = ("shell_port", "iopub_port", "stdin_port", "control_port", "hb_port")
+# Loopback addresses as /proc/net/tcp{,6} spell them (little-endian words): 127.0.0.1, ::1 and
+# ::ffff:127.0.0.1.
+_LOOPBACK = frozenset(
+    {"0100007F", "00000000000000000000000001000000", "0000000000000000FFFF00000100007F"}
+)
 
 # Serving programs by a word of their command line (a path's last part, ``.py`` dropped) ...
 _SERVER_WORDS = frozenset(
@@ -148,20 +154,29 @@ class ProcFs:
                 inodes.add(int(target[8:-1]))
         return inodes
 
-    def listening_ports(self, pid: int) -> dict[int, int] | None:
-        """Listening TCP sockets of the process's network namespace: inode → port."""
-        found: dict[int, int] = {}
+    def listening_ports(self, pid: int) -> dict[int, tuple[int, bool]] | None:
+        """Listening TCP sockets of the process's network namespace: inode → (port, whether
+        bound to the loopback interface only).
+
+        Linux lists the listening sockets first (``tcp_seq_start`` walks the listening hash
+        before the established one), so reading stops at the first other line: on a busy server
+        the connections after them can be thousands of lines the kernel need not format.
+        """
+        found: dict[int, tuple[int, bool]] = {}
         readable = False
         for name in ("tcp", "tcp6"):
             try:
-                text = (self.root / str(pid) / "net" / name).read_text(encoding="ascii")
+                with (self.root / str(pid) / "net" / name).open(encoding="ascii") as table:
+                    readable = True
+                    next(table, None)  # the header
+                    for line in table:
+                        fields = line.split()
+                        if len(fields) <= 9 or fields[3] != _LISTEN:
+                            break
+                        address, _, port = fields[1].rpartition(":")
+                        found[int(fields[9])] = (int(port, 16), address.upper() in _LOOPBACK)
             except OSError:
                 continue
-            readable = True
-            for line in text.splitlines()[1:]:
-                fields = line.split()
-                if len(fields) > 9 and fields[3] == _LISTEN:
-                    found[int(fields[9])] = int(fields[1].rpartition(":")[2], 16)
         return found if readable else None
 
     def read_file(self, pid: int, path: str) -> str | None:
@@ -238,12 +253,13 @@ def _own_ports(proc: ProcFs, pid: int, connection: str | None) -> set[int] | Non
         return None
 
 
-def _listening(proc: ProcFs, pid: int) -> set[int] | None:
+def _listening(proc: ProcFs, pid: int) -> set[tuple[int, bool]] | None:
+    """(port, loopback only) of each TCP socket this process listens on; None if unreadable."""
     inodes = proc.socket_inodes(pid)
     ports = proc.listening_ports(pid)
     if inodes is None or ports is None:
         return None
-    return {port for inode, port in ports.items() if inode in inodes}
+    return {listener for inode, listener in ports.items() if inode in inodes}
 
 
 def _ports(ports: Iterable[int]) -> str:
@@ -293,10 +309,14 @@ def classify(pid: int, proc: ProcFs) -> ProcessInfo:
         if listening is None:
             why = f"{kernel}, but its sockets cannot be read (is the agent root?)"
             return ProcessInfo(pid, ProcessKind.UNKNOWN, why, command, kernel_id)
-        if listening and own is None:
+        # Ports on the loopback interface are the kernel's own plumbing (its ZeroMQ channels,
+        # ipykernel's IOPub pipe for forked children, the debugger); one open to the network
+        # and not in its connection file serves something.
+        exposed = {port for port, loopback in listening if not loopback}
+        if exposed and own is None:
             why = f"{kernel}, but its connection file cannot be read to tell its own ports"
             return ProcessInfo(pid, ProcessKind.UNKNOWN, why, command, kernel_id)
-        serving = listening - (own or set())
+        serving = exposed - (own or set())
         if serving:
             why = f"{kernel} serving on TCP port {_ports(serving)}"
             return ProcessInfo(pid, ProcessKind.SERVER, why, command, kernel_id)
@@ -305,6 +325,6 @@ def classify(pid: int, proc: ProcFs) -> ProcessInfo:
     if listening is None:
         return ProcessInfo(pid, ProcessKind.UNKNOWN, "its sockets cannot be read", command)
     if listening:
-        why = f"listens on TCP port {_ports(listening)}"
+        why = f"listens on TCP port {_ports(port for port, _ in listening)}"
         return ProcessInfo(pid, ProcessKind.SERVER, why, command)
     return ProcessInfo(pid, ProcessKind.JOB, _word(argv[0]) or "a program", command)

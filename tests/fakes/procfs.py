@@ -33,19 +33,26 @@ class FakeProc:
         ppid: int = 1,
         comm: str | None = None,
         listening: Sequence[int] = (),
+        loopback: Sequence[int] = (),
         connected: int = 0,
         ipv6: bool = False,
         files: Mapping[str, str] | None = None,
         readable_fds: bool = True,
     ) -> dict[int, int]:
-        """A process listening on ``listening`` ports (and holding ``connected`` other sockets);
-        returns its listening sockets, inode → port."""
+        """A process listening on ``listening`` ports on every interface and on ``loopback``
+        ports on 127.0.0.1 (or ::1), holding ``connected`` other sockets; returns its listening
+        sockets, inode → port."""
         proc = self.root / str(pid)
         (proc / "net").mkdir(parents=True, exist_ok=True)
         (proc / "cmdline").write_bytes(b"\0".join(a.encode() for a in argv) + b"\0")
         name = comm if comm is not None else Path(argv[0]).name[:15]
         (proc / "stat").write_text(f"{pid} ({name}) S {ppid} {pid} {pid} 0 -1 4194560 0 0\n")
-        sockets = {self.inode(): port for port in listening}
+        sockets = {self.inode(): port for port in [*listening, *loopback]}
+        local = "00000000000000000000000001000000" if ipv6 else "0100007F"
+        any_address = "00000000" * (4 if ipv6 else 1)
+        address = {
+            inode: local if port in loopback else any_address for inode, port in sockets.items()
+        }
         other = [self.inode() for _ in range(connected)]
         # No fd directory plays one the agent may not list (tests run as root, which chmod
         # cannot keep out).
@@ -55,8 +62,8 @@ class FakeProc:
                 os.symlink(f"socket:[{inode}]", proc / "fd" / str(n))
             os.symlink("/dev/null", proc / "fd" / "0")
         lines = [
-            f"   {n}: {'00000000' * (4 if ipv6 else 1)}:{port:04X} "
-            f"{'00000000' * (4 if ipv6 else 1)}:0000 0A 00000000:00000000 00:00000000 00000000  "
+            f"   {n}: {address[inode]}:{port:04X} "
+            f"{any_address}:0000 0A 00000000:00000000 00:00000000 00000000  "
             f"1000        0 {inode} 1 0000000000000000 100 0 0 10 0"
             for n, (inode, port) in enumerate(sockets.items())
         ]

@@ -25,12 +25,16 @@ def proc(tmp_path: Path) -> FakeProc:
     return fake
 
 
-def kernel(proc: FakeProc, pid: int = 200, *, extra_ports: tuple[int, ...] = ()) -> None:
+def kernel(
+    proc: FakeProc, pid: int = 200, *, extra_ports: tuple[int, ...] = (), ipv6: bool = False
+) -> None:
     proc.add(
         pid,
         [PY, "-m", "ipykernel_launcher", "-f", CONNECTION],
         ppid=100,
-        listening=[*PORTS.values(), *extra_ports],
+        loopback=[*PORTS.values(), 38605],  # and ipykernel's IOPub pipe, in no connection file
+        listening=extra_ports,
+        ipv6=ipv6,
         connected=2,
         files={CONNECTION: json.dumps({**PORTS, "ip": "127.0.0.1", "key": "k"})},
     )
@@ -49,8 +53,9 @@ def test_a_jupyter_kernel_is_a_notebook_kernel_despite_its_own_zmq_ports(proc: F
     assert why == f"ipykernel_launcher, kernel {KERNEL_ID}"
 
 
-def test_a_kernel_that_serves_an_app_is_a_server(proc: FakeProc) -> None:
-    kernel(proc, extra_ports=(7860,))  # a Gradio app launched from a cell
+@pytest.mark.parametrize("ipv6", [False, True])
+def test_a_kernel_that_serves_an_app_to_others_is_a_server(proc: FakeProc, ipv6: bool) -> None:
+    kernel(proc, extra_ports=(7860,), ipv6=ipv6)  # a Gradio app on 0.0.0.0, from a cell
     kind, why, _ = kind_of(proc, 200)
     assert kind is ProcessKind.SERVER
     assert why == "ipykernel_launcher serving on TCP port 7860"
@@ -71,6 +76,9 @@ def test_a_kernel_whose_sockets_or_ports_cannot_be_read_is_unknown(proc: FakePro
     assert kind is ProcessKind.UNKNOWN
     assert "connection file" in why
     assert kernel_id == "x"
+    # Only loopback listeners (as a kernel's own are by default): nothing it could serve to.
+    proc.add(302, [PY, "-m", "ipykernel_launcher", "-f", "/gone/kernel-y.json"], loopback=[1, 2])
+    assert kind_of(proc, 302)[0] is ProcessKind.NOTEBOOK_KERNEL
 
 
 @pytest.mark.parametrize(
@@ -129,7 +137,7 @@ def test_a_child_of_a_serving_binary_is_a_server(proc: FakeProc) -> None:
 
 
 def test_any_listener_is_a_server_and_the_rest_are_jobs(proc: FakeProc) -> None:
-    proc.add(700, [PY, "app.py"], listening=[8000], ipv6=True)
+    proc.add(700, [PY, "app.py"], loopback=[8000], ipv6=True)  # a job's listener, even local
     proc.add(701, [PY, "train.py", "--epochs", "3"], connected=3)  # clients only: a job
     assert kind_of(proc, 700)[:2] == (ProcessKind.SERVER, "listens on TCP port 8000")
     assert kind_of(proc, 701)[:2] == (ProcessKind.JOB, "python3.11")
