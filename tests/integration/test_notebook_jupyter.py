@@ -290,8 +290,8 @@ def run_agent(
 ) -> tuple[list[Any], FakeProvider, RunDir, list[str]]:
     """The agent with autostop on a manual clock that starts now, polling every minute: three
     notebook cells (GPU busy 5 minutes, then a 15-minute think pause), the last pause never
-    ending, the kernel holding the GPU throughout. The usual wait is 2 hours (which also makes the agent keep 4 hours of
-    history): longer than the notebook window, so the two cannot be confused."""
+    ending, the kernel holding the GPU throughout. The usual wait is 2 hours: longer than the
+    notebook window, so the two cannot be confused."""
     clock = ManualClock(datetime.now(UTC))
     config = parse_config(
         {
