@@ -44,7 +44,7 @@ from guardian.policy import decide, protection
 if TYPE_CHECKING:
     from guardian.agent.autostop import Autostop
     from guardian.agent.gpu.nvml import Nvml
-    from guardian.agent.notebook import NotebookReport, NotebookWatch
+    from guardian.agent.notebook import NotebookWatch
     from guardian.agent.status import RunDir
 
 __all__ = [
@@ -275,14 +275,13 @@ class Agent:
         self._status_at = -math.inf
         self._status_key: tuple[object, ...] = ()
         self._decided_key: tuple[object, ...] = ()
-        self._notebook_why: str | None = None
 
     def poll(self) -> PollResult:
         """One measurement and decision. NVML errors are data here, never exceptions."""
         now = self.clock.now()
         snapshot = self.nvml.sample(now)
         self._log_problems(snapshot)
-        notebook = self._observe_notebooks(snapshot, now)
+        notebook = self.notebooks.poll(snapshot, now) if self.notebooks is not None else None
         self.window.add(snapshot.as_sample(), notebook.idle_s if notebook else None)
         keep_until = self.run_dir.keep_until(now) if self.run_dir else None
         if self.autostop is not None:
@@ -300,21 +299,6 @@ class Agent:
         self.polls += 1
         self.last = result
         return result
-
-    def _observe_notebooks(self, snapshot: Snapshot, now: datetime) -> NotebookReport | None:
-        if self.notebooks is None:
-            return None
-        try:
-            report = self.notebooks.observe(snapshot, now)
-        except Exception:  # a bug reading /proc or Jupyter must not stop measuring: no signal
-            log.exception("notebook_observe_crashed")
-            return None
-        # Say when the signal appears or disappears, not on every poll.
-        present = report.idle_s is not None
-        if present != (self._notebook_why is not None):
-            log.info("notebook_signal", present=present, why=report.why)
-        self._notebook_why = report.why if present else None
-        return report
 
     def facts(self) -> AgentFacts:
         """What the status file says about the agent itself."""

@@ -15,12 +15,16 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+import structlog
+
 from guardian.agent.gpu import Snapshot
 from guardian.agent.jupyter import JupyterWatch, Kernel, ServerReading, read_tokens
 from guardian.agent.processes import ProcessInfo, ProcessKind, ProcFs, classify
 from guardian.config import Config
 
 __all__ = ["NotebookReport", "NotebookWatch", "build_notebook_watch", "notebook_signal"]
+
+log = structlog.get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,21 @@ class NotebookWatch:
     def __init__(self, proc: ProcFs, jupyter: JupyterWatch | None) -> None:
         self.proc = proc
         self.jupyter = jupyter
+        self._present = False
+
+    def poll(self, snapshot: Snapshot, now: datetime) -> NotebookReport | None:
+        """``observe`` for the agent's loop: a bug reading /proc or Jupyter must not stop the
+        measuring (no report, so no signal), and the signal's coming and going is logged once."""
+        try:
+            report = self.observe(snapshot, now)
+        except Exception:
+            log.exception("notebook_observe_crashed")
+            return None
+        present = report.idle_s is not None
+        if present != self._present:
+            log.info("notebook_signal", present=present, why=report.why)
+            self._present = present
+        return report
 
     def observe(self, snapshot: Snapshot, now: datetime) -> NotebookReport:
         pids = _gpu_pids(snapshot)

@@ -233,7 +233,13 @@ def test_the_signal_appears_when_the_last_browser_leaves_and_resets_when_code_ru
         assert [p.kind for p in report.processes] == [ProcessKind.NOTEBOOK_KERNEL]
 
         busy: list[NotebookReport] = []
-        execute(first, "import time; time.sleep(0.5)", on_busy=lambda: busy.append(observe()))
+
+        def while_busy() -> None:
+            # The server learns of "busy" from its own iopub subscription: wait until it says so.
+            wait_for(lambda: jupyter.kernel(kernel_id)["execution_state"] == "busy", "busy", 5)
+            busy.append(observe())
+
+        execute(first, "import time; time.sleep(1.5)", on_busy=while_busy)
         assert busy
         assert busy[0].why == f"kernel {kernel_id} is busy"
 
