@@ -2,7 +2,9 @@
 
 No clock (``now`` is an argument), no I/O, no cloud SDK: the daemon, the audit, the agent, the
 demo and the backtest all call this same function, so a backtest tests the real policy. The
-instance's own history (``guardian.policy.history``) may lengthen the idle wait, never shorten it.
+instance's own history (``guardian.policy.history``) may lengthen the idle wait, never shorten it;
+what shortens it is evidence: memory released (the job has ended), or the agent's notebook signal
+(``guardian.policy.notebook``: only idle notebook kernels hold the GPUs, no browser connected).
 """
 
 from __future__ import annotations
