@@ -74,6 +74,15 @@ class Jupyter:
         )
         info = self._runtime_file(timeout_s=60)
         self.url: str = info["url"]
+        # The runtime file can come before the port answers: ready when the API does.
+        wait_for(self._answers, "the Jupyter API", timeout_s=60)
+
+    def _answers(self) -> bool:
+        try:
+            self.api("GET", "api/status")
+        except OSError:  # refused (urllib wraps it in URLError, an OSError)
+            return False
+        return True
 
     def _runtime_file(self, timeout_s: float) -> dict[str, Any]:
         deadline = time.monotonic() + timeout_s
