@@ -13,7 +13,12 @@ Rows of the sweep:
   grace + one poll, the released window being the one a finished run is judged by);
 - **Philly job windows**: 14-minute excerpts around 5,910 jobs, polled every minute with no
   grace and no minimum uptime so that the idle rule itself is tested; an interruption is a stop
-  inside a window whose job was still running (the trace's label) or followed by work.
+  inside a window whose job was still running (the trace's label) or followed by work;
+- **notebooks (synthetic)**: ``guardian.backtest.synthetic_notebook.notebook_series(seed=11,
+  instances=40)`` with the agent's notebook signal, by default and with it off
+  (``idle.window_notebook=0s``, the policy before it), with the share of the idle tail reclaimed
+  beyond window_notebook + grace + one poll (each instance's reclaimed hours capped at its own
+  tail beyond that delay, so an early stop of one does not make up for a late one of another).
 """
 
 from __future__ import annotations
@@ -28,11 +33,13 @@ from typing import Any
 
 from guardian.backtest.replay import BacktestResult, replay
 from guardian.backtest.synthetic import training_series
+from guardian.backtest.synthetic_notebook import notebook_series
 from guardian.backtest.trace import TraceSeries, read_trace
 from guardian.config import Config, apply_overrides, parse_config
 
 REPO = Path(__file__).resolve().parents[1]
 FIXED = ("idle.history_margin=0", "idle.window_bursty=0s")
+NOTEBOOK_OFF = ("idle.window_notebook=0s",)
 PHILLY_RAW = ("poll_interval=1m", "idle.grace=0s", "idle.min_uptime=0s")
 WINDOWS = ("5m", "10m", "20m", "30m", "60m", "2h")
 
@@ -53,6 +60,16 @@ def beyond_delay(result: BacktestResult, cfg: Config) -> float | None:
     delay_h = (cfg.idle.window_released + cfg.idle.grace + cfg.poll_interval).total_seconds() / 3600
     beyond = sum(max(0.0, o.idle_tail_hours - delay_h) for o in result.outcomes)
     return result.totals.reclaimed_hours / beyond if beyond else None
+
+
+def beyond_notebook_delay(result: BacktestResult, cfg: Config) -> float | None:
+    """Reclaimed share of the idle tail beyond window_notebook + grace + one poll, each
+    instance's reclaimed hours capped at its own tail beyond that delay."""
+    delay = config().idle.window_notebook + cfg.idle.grace + cfg.poll_interval
+    delay_h = delay.total_seconds() / 3600
+    beyond = [max(0.0, o.idle_tail_hours - delay_h) for o in result.outcomes]
+    reclaimed = sum(min(o.reclaimed_hours, b) for o, b in zip(result.outcomes, beyond, strict=True))
+    return reclaimed / sum(beyond) if sum(beyond) else None
 
 
 def figures(result: BacktestResult, seconds: float, cpu: float) -> dict[str, Any]:
@@ -102,6 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     minutes = loaded["philly-2017-gpu-minutes.csv.gz"][0]
     windows = loaded["philly-2017-job-windows.csv.gz"][0]
     training = training_series(seed=7, instances=40)
+    notebooks = notebook_series(seed=11, instances=40)
 
     report: dict[str, Any] = {"read_seconds": {k: round(v[1], 2) for k, v in loaded.items()}}
     defaults: dict[str, Any] = {}
@@ -116,11 +134,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             config(*PHILLY_RAW, "idle.window=10m"),
         ),
         ("training, synthetic (default)", training, config()),
+        ("notebooks, synthetic (default)", notebooks, config()),
+        ("notebooks, synthetic (window_notebook=0s: before)", notebooks, config(*NOTEBOOK_OFF)),
+        ("alibaba (window_notebook=0s: before)", alibaba, config(*NOTEBOOK_OFF)),
     ):
         result, seconds, cpu = timed(series, cfg)
         entry = figures(result, seconds, cpu)
         if series is training:
             entry["reclaimed_beyond_delay"] = round(beyond_delay(result, cfg) or 0.0, 3)
+        if series is notebooks:
+            entry["reclaimed_beyond_notebook_delay"] = round(
+                beyond_notebook_delay(result, cfg) or 0.0, 3
+            )
         if series is windows:
             entry["running_job_stops"] = sum(
                 1 for o in result.outcomes if o.job_running and o.stopped_at is not None
@@ -158,6 +183,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{e['never_worked']} ({e['never_worked_stopped']}) | {e['replay_seconds']} "
             f"({e['replay_cpu_seconds']}) |"
         )
+    print("\n## Notebooks: reclaimed beyond window_notebook + grace + one poll\n")
+    for label, e in defaults.items():
+        if "reclaimed_beyond_notebook_delay" in e:
+            print(f"- {label}: {e['reclaimed_beyond_notebook_delay']:.1%}")
     print("\n## Sweep: reclaimed fraction / interruptions as idle.window varies\n")
     labels = list(next(iter(sweep.values())))
     print("| idle.window | " + " | ".join(labels) + " |")

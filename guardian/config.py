@@ -51,6 +51,10 @@ Duration = Annotated[
 ]
 
 
+NOTEBOOK_WINDOW_MIN = timedelta(minutes=10)
+NOTEBOOK_WINDOW_MAX = timedelta(days=7)
+
+
 class Mode(StrEnum):
     AUDIT = "audit"
     NOTIFY = "notify"
@@ -78,6 +82,19 @@ class IdleConfig(_Section):
     history_margin: float = Field(2.0, ge=0)
     # ... and at least this long when it works in repeated bursts, a service or notebook (0s = off)
     window_bursty: Duration = timedelta(hours=4)
+    # Extension (docs/notebooks.md): idle this long when the agent reports every GPU-holding
+    # process an idle notebook kernel with no browser connected; overrides the waits above.
+    window_notebook: Duration = timedelta(minutes=60)
+
+    @field_validator("window_notebook")
+    @classmethod
+    def _notebook_window_bounded(cls, value: timedelta) -> timedelta:
+        if value and not NOTEBOOK_WINDOW_MIN <= value <= NOTEBOOK_WINDOW_MAX:
+            raise ValueError(
+                "must be 0s (off) or between 10m and 7d: a shorter wait would stop a person "
+                "reading between two cells"
+            )
+        return value
 
 
 class CostConfig(_Section):
@@ -152,11 +169,39 @@ class NotifyConfig(_Section):
     owner_email_domain: str = ""
 
 
+class JupyterConfig(_Section):
+    """Where the agent finds Jupyter servers for the notebook signal (docs/notebooks.md)."""
+
+    enabled: bool = True
+    # Servers found by their runtime files (jpserver-*.json) in these directories; empty = every
+    # user's ~/.local/share/jupyter/runtime and $JUPYTER_RUNTIME_DIR.
+    runtime_dirs: list[Path] = Field(default_factory=list)
+    urls: list[str] = Field(default_factory=list)  # servers that write no runtime file here
+    token_file: Path | None = None  # tokens for `urls`: TOKEN, or URL TOKEN, one per line
+    timeout: Duration = timedelta(seconds=2)
+
+    @field_validator("urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"{url!r} is not an http:// or https:// URL")
+        return value
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_bounded(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(seconds=30):
+            raise ValueError("must be between 1s and 30s: the agent reads Jupyter on every poll")
+        return value
+
+
 class AgentConfig(_Section):
     interval: Duration = timedelta(seconds=10)
     publish: Literal["none", "cloudwatch", "gcp"] = "none"
     autostop: bool = False
     listen: str = "127.0.0.1:9465"
+    jupyter: JupyterConfig = JupyterConfig()
 
 
 class PricesConfig(_Section):

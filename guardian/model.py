@@ -157,6 +157,9 @@ class Decision:
     newest_sample_age_s: float | None
     required_speedup: float | None
     idle_window_minutes: float | None = None  # the window that applied (held or released)
+    # Set when the verdict rests on the agent's notebook signal (idle.window_notebook): how long
+    # the GPU-holding notebook kernels had been idle with no browser connected.
+    notebook_idle_minutes: float | None = None
 
 
 @dataclass(frozen=True)

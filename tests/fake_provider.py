@@ -8,7 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from guardian.model import GpuInstance, GpuSample, GpuUtilisation
+from guardian.model import GpuInstance, GpuSample, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
 
@@ -73,6 +73,8 @@ class FakeProvider:
     name: str = "aws"
     stopped: list[str] = field(default_factory=list)
     utilisation_calls: int = 0
+    # The agent's notebook signal per instance key, read beside the GPUs' as the clouds do.
+    notebook: dict[str, tuple[Point, ...]] = field(default_factory=dict)
 
     def discover(self) -> Discovery:
         return Discovery(tuple(self.instances), tuple(self.errors))
@@ -83,10 +85,12 @@ class FakeProvider:
         self.utilisation_calls += 1
         for instance in instances:
             series = tuple(s for s in self.samples.get(instance.key, ()) if start <= s.at <= end)
+            points = tuple(p for p in self.notebook.get(instance.key, ()) if start <= p[0] <= end)
+            extra = {InstanceMetric.NOTEBOOK_IDLE_S: points} if points else {}
             yield (
                 instance.key,
                 (
-                    GpuUtilisation(series, 60, instance.gpu_count)
+                    GpuUtilisation(series, 60, instance.gpu_count, instance_series=extra)
                     if series
                     else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
                 ),

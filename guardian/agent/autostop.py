@@ -23,7 +23,7 @@ import structlog
 from guardian.config import Config
 from guardian.errors import ProviderError
 from guardian.model import Decision, GpuInstance
-from guardian.policy import Episode, Step, instance_block, next_step
+from guardian.policy import NOTEBOOK_ADVICE, Episode, Step, instance_block, next_step
 from guardian.providers import Provider, StopResult
 
 __all__ = [
@@ -214,6 +214,8 @@ class Autostop:
             f"It will be stopped at {at} unless its GPUs get busy again. To keep it, run "
             f"`guardian agent keep 2h` on the machine or tag it guardian:protect=true."
         )
+        if decision.notebook_idle_minutes is not None:
+            body += f" {NOTEBOOK_ADVICE}"
         self.alerter.send(f"{_label(instance)}: idle, stopping at {at}", body)
         log.warning(
             "autostop_warned",

@@ -30,12 +30,21 @@ from guardian.agent.poll import PollResult
 from guardian.agent.status import AgentFacts, status_document
 from guardian.config import Config
 from guardian.errors import ConfigError
-from guardian.model import Decision, GpuInstance, GpuSample, GpuUtilisation, PriceAssessment
+from guardian.model import (
+    Decision,
+    GpuInstance,
+    GpuSample,
+    GpuUtilisation,
+    InstanceMetric,
+    Point,
+    PriceAssessment,
+)
 from guardian.policy import decide, protection
 
 if TYPE_CHECKING:
     from guardian.agent.autostop import Autostop
     from guardian.agent.gpu.nvml import Nvml
+    from guardian.agent.notebook import NotebookWatch
     from guardian.agent.status import RunDir
 
 __all__ = [
@@ -128,7 +137,9 @@ class SampleWindow:
 
     When the horizon holds more polls than ``MAX_WINDOW_SAMPLES``, ``per_sample`` consecutive
     polls are merged into one sample conservatively: the max utilisation, and incomplete if
-    any poll was incomplete or missing — merging can hide idleness, never invent it.
+    any poll was incomplete or missing — merging can hide idleness, never invent it. The
+    notebook signal rides along at the same times: the smallest of the merged polls', and only
+    if every one of them had it.
     """
 
     def __init__(self, horizon: timedelta, interval: timedelta) -> None:
@@ -138,7 +149,9 @@ class SampleWindow:
         self.per_sample = max(1, math.ceil(polls / MAX_WINDOW_SAMPLES))
         self.period = interval * self.per_sample
         self._samples: deque[GpuSample] = deque(maxlen=math.ceil(horizon / self.period) + 1)
+        self._notebook: deque[Point] = deque(maxlen=self._samples.maxlen)
         self._bucket: list[GpuSample] = []
+        self._notebook_bucket: list[float | None] = []
         self._polls_in_bucket = 0
         self.version = 0  # bumped whenever a sample is added: the policy's input changed
 
@@ -149,17 +162,24 @@ class SampleWindow:
     def capacity(self) -> int:
         return self._samples.maxlen or 0
 
-    def add(self, sample: GpuSample | None) -> None:
+    def add(self, sample: GpuSample | None, notebook_idle_s: float | None = None) -> None:
         """Record one poll; None (nothing could be read) leaves a gap."""
         self._polls_in_bucket += 1
         if sample is not None:
             self._bucket.append(sample)
+            self._notebook_bucket.append(notebook_idle_s)
         if self._polls_in_bucket < self.per_sample:
             return
         if self._bucket:
-            self._samples.append(_merge(self._bucket, missed=len(self._bucket) < self.per_sample))
+            missed = len(self._bucket) < self.per_sample
+            merged = _merge(self._bucket, missed=missed)
+            self._samples.append(merged)
+            notebook = self._notebook_bucket
+            if not missed and None not in notebook:
+                self._notebook.append((merged.at, min(v for v in notebook if v is not None)))
             self.version += 1
         self._bucket = []
+        self._notebook_bucket = []
         self._polls_in_bucket = 0
 
     def utilisation(self, error: str | None = None) -> GpuUtilisation:
@@ -170,6 +190,9 @@ class SampleWindow:
             gpus_reporting=1 if samples else 0,
             error=error,
             processes=samples[-1].processes if samples else None,
+            instance_series=(
+                {InstanceMetric.NOTEBOOK_IDLE_S: tuple(self._notebook)} if self._notebook else {}
+            ),
         )
 
 
@@ -230,6 +253,7 @@ class Agent:
         autostop: Autostop | None = None,
         run_dir: RunDir | None = None,
         backend: str = "nvml",
+        notebooks: NotebookWatch | None = None,
     ) -> None:
         self.config = config
         self.nvml = nvml
@@ -239,6 +263,7 @@ class Agent:
         self.autostop = autostop
         self.run_dir = run_dir
         self.backend = backend
+        self.notebooks = notebooks
         self.interval = config.agent.interval
         self.window = SampleWindow(agent_horizon(config), self.interval)
         self._policy_config = policy_config(config)
@@ -256,13 +281,14 @@ class Agent:
         now = self.clock.now()
         snapshot = self.nvml.sample(now)
         self._log_problems(snapshot)
-        self.window.add(snapshot.as_sample())
+        notebook = self.notebooks.poll(snapshot, now) if self.notebooks is not None else None
+        self.window.add(snapshot.as_sample(), notebook.idle_s if notebook else None)
         keep_until = self.run_dir.keep_until(now) if self.run_dir else None
         if self.autostop is not None:
             self.instance = self.autostop.refresh(self.instance, now)
         decision = self._decide(snapshot, keep_until, now)
         state = self.autostop.step(decision, self.instance, now) if self.autostop else None
-        result = PollResult(snapshot, decision, state, keep_until)
+        result = PollResult(snapshot, decision, state, keep_until, notebook)
         for sink in self.sinks:
             try:
                 sink.publish(result)

@@ -11,6 +11,7 @@ from guardian.model import Decision
 
 if TYPE_CHECKING:
     from guardian.agent.autostop import AutostopState
+    from guardian.agent.notebook import NotebookReport
 
 __all__ = ["PollResult"]
 
@@ -21,3 +22,4 @@ class PollResult:
     decision: Decision
     autostop: AutostopState | None
     keep_until: datetime | None
+    notebook: NotebookReport | None = None  # who holds the GPUs; the notebook signal

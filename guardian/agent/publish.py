@@ -6,9 +6,12 @@ CloudWatch gets exactly the CloudWatch agent's ``nvidia_gpu`` schema — namespa
 dimensions ``InstanceId``, ``index``, ``name`` — so the daemon reads either source the same
 way. Cloud Monitoring gets custom metrics with the Ops Agent's labels (``gpu_number``,
 ``model``, ``uuid``; memory in bytes with ``memory_state=used``), which the GCP provider reads
-when ``gcp.metrics`` names them. Unknown values are left out, never sent as 0. A sink never
-raises into the poll loop: failures are logged, and a bounded buffer keeps the newest data for
-the next try. boto3 and the Google libraries are imported only by the sink that needs them.
+when ``gcp.metrics`` names them. The notebook signal (``guardian.agent.notebook``) goes beside
+them, per instance: ``guardian_notebook_idle`` (Seconds, dimensions exactly ``InstanceId``) and
+``custom.googleapis.com/guardian/notebook/idle_seconds``, only while it is present. Unknown
+values are left out, never sent as 0. A sink never raises into the poll loop: failures are
+logged, and a bounded buffer keeps the newest data for the next try. boto3 and the Google
+libraries are imported only by the sink that needs them.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ from guardian.agent.gpu import GpuReading
 from guardian.config import Config
 from guardian.errors import ConfigError
 from guardian.model import Verdict
+from guardian.providers.aws.metrics import NOTEBOOK_IDLE_METRIC
+from guardian.providers.gcp.metrics import NOTEBOOK_IDLE_METRIC_TYPE
 
 if TYPE_CHECKING:
     from guardian.agent.poll import PollResult
@@ -270,6 +275,17 @@ class CloudWatchSink:
         self._buffer.extend(
             cloudwatch_datums(result.snapshot.gpus, at, self.instance_id, self.config)
         )
+        idle_s = result.notebook.idle_s if result.notebook is not None else None
+        if idle_s is not None:  # absent is no datum, never a 0
+            self._buffer.append(
+                {
+                    "MetricName": NOTEBOOK_IDLE_METRIC,
+                    "Dimensions": [{"Name": "InstanceId", "Value": self.instance_id}],
+                    "Timestamp": at,
+                    "Value": float(idle_s),
+                    "Unit": "Seconds",
+                }
+            )
         if self._last_flush is None:
             self._last_flush = at
         elif at - self._last_flush >= self.flush_every:
@@ -344,6 +360,9 @@ class GcpMonitoringSink:
         self._clients: Any = None
         # (gpu index, uuid, model) → [max util, max mem bytes or None]
         self._pending: dict[tuple[int, str, str], list[float | None]] = {}
+        # The notebook signal over the period: its minimum, and absent if any poll lacked it.
+        self._notebook: float | None = None
+        self._notebook_broken = False
         self._last_at: datetime | None = None
         self._last_flush: datetime | None = None
         self._failing = False
@@ -362,6 +381,11 @@ class GcpMonitoringSink:
             else:
                 held[0] = max(held[0] or 0.0, gpu.gpu_util_pct)
                 held[1] = None if held[1] is None or mem is None else max(held[1], mem)
+        idle_s = result.notebook.idle_s if result.notebook is not None else None
+        if idle_s is None:
+            self._notebook_broken = True
+        else:
+            self._notebook = idle_s if self._notebook is None else min(self._notebook, idle_s)
         self._last_at = at
         if self._last_flush is None:
             self._last_flush = at
@@ -396,6 +420,14 @@ class GcpMonitoringSink:
                         points=[{"interval": interval, "value": {"double_value": mem}}],
                     )
                 )
+        if self._notebook is not None and not self._notebook_broken and series:
+            series.append(
+                monitoring_v3.TimeSeries(
+                    metric={"type": NOTEBOOK_IDLE_METRIC_TYPE},
+                    resource=resource,
+                    points=[{"interval": interval, "value": {"double_value": self._notebook}}],
+                )
+            )
         return series
 
     def flush(self) -> None:
@@ -421,6 +453,7 @@ class GcpMonitoringSink:
             self._failing = False
         # A point is a maximum over its period; a late one would land out of order, so drop it.
         self._pending.clear()
+        self._notebook, self._notebook_broken = None, False
 
     def _metric_client(self) -> Any:
         if self._client is None:

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from guardian.agent.gpu import GpuReading, Snapshot
+from guardian.agent.gpu import GpuProcess, GpuReading, Snapshot
 from guardian.errors import GuardianError
 
 if TYPE_CHECKING:
+    from guardian.agent.notebook import NotebookReport
     from guardian.agent.poll import PollResult
     from guardian.model import GpuInstance
 
@@ -154,7 +155,41 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
-def _gpus(gpus: tuple[GpuReading, ...]) -> list[dict[str, Any]]:
+def _process(proc: GpuProcess, notebook: NotebookReport | None) -> dict[str, Any]:
+    info = notebook.kind_of(proc.pid) if notebook is not None else None
+    return {
+        **dataclasses.asdict(proc),
+        "kind": str(info.kind) if info else None,
+        "why": info.why if info else None,
+        "kernel_id": info.kernel_id if info else None,
+    }
+
+
+def _notebook(report: NotebookReport | None) -> dict[str, Any] | None:
+    """Who holds the GPUs and the notebook signal, as the status shows them."""
+    if report is None:
+        return None
+    return {
+        "idle_s": None if report.idle_s is None else round(report.idle_s, 1),
+        "why": report.why,
+        "kernels": [
+            {
+                "id": k.id,
+                "name": k.name,
+                "execution_state": k.execution_state,
+                "last_activity": _iso(k.last_activity),
+                "connections": k.connections,
+                "server": k.server,
+            }
+            for k in report.kernels
+        ],
+        "unread_servers": list(report.unread_servers),
+    }
+
+
+def _gpus(
+    gpus: tuple[GpuReading, ...], notebook: NotebookReport | None = None
+) -> list[dict[str, Any]]:
     return [
         {
             "index": g.index,
@@ -165,7 +200,7 @@ def _gpus(gpus: tuple[GpuReading, ...]) -> list[dict[str, Any]]:
             "mem_used_mib": g.mem_used_mib,
             "mem_total_mib": g.mem_total_mib,
             "processes": (
-                [dataclasses.asdict(p) for p in g.processes] if g.processes is not None else None
+                [_process(p, notebook) for p in g.processes] if g.processes is not None else None
             ),
             "problems": [str(p) for p in g.problems],
         }
@@ -200,9 +235,10 @@ def status_document(agent: AgentFacts, result: PollResult) -> dict[str, Any]:
             "launch_time": _iso(inst.launch_time),
         },
         "driver_version": snap.driver_version,
-        "gpus": _gpus(snap.gpus),
+        "gpus": _gpus(snap.gpus, result.notebook),
         "expected_gpus": snap.expected_gpus,
         "problems": [str(p) for p in snap.problems],
+        "notebook": _notebook(result.notebook),
         "verdict": str(decision.verdict),
         "reasons": list(decision.reasons),
         "idle_minutes": decision.idle_minutes,
@@ -221,15 +257,18 @@ def status_document(agent: AgentFacts, result: PollResult) -> dict[str, Any]:
     }
 
 
-def sample_document(snapshot: Snapshot, keep_until: datetime | None) -> dict[str, Any]:
+def sample_document(
+    snapshot: Snapshot, keep_until: datetime | None, notebook: NotebookReport | None = None
+) -> dict[str, Any]:
     """The same shape from one direct NVML sample, when no agent runs: no verdict, by design
     (one sample cannot show idleness)."""
     return {
         "agent": {"running": False, "updated_at": _iso(snapshot.sampled_at)},
         "driver_version": snapshot.driver_version,
-        "gpus": _gpus(snapshot.gpus),
+        "gpus": _gpus(snapshot.gpus, notebook),
         "expected_gpus": snapshot.expected_gpus,
         "problems": [str(p) for p in snapshot.problems],
+        "notebook": _notebook(notebook),
         "verdict": None,
         "reasons": ["the agent is not running: no verdict from a single sample"],
         "keep_until": _iso(keep_until),

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from guardian.backtest.trace import TraceSeries
-from guardian.model import GpuInstance, GpuSample
+from guardian.model import GpuInstance, GpuSample, InstanceMetric, Point
 from guardian.providers import Provider, UnitError
 
 __all__ = ["CHUNK", "CloudHistory", "history_from_providers"]
@@ -50,6 +50,8 @@ def _provider_history(
     spans: Sequence[tuple[datetime, datetime]],
 ) -> tuple[list[TraceSeries], list[tuple[str, str]], list[tuple[str, str]]]:
     samples: dict[str, dict[datetime, GpuSample]] = {i.key: {} for i in instances}
+    # The per-instance series (the notebook signal) too, so the replay sees what the daemon saw.
+    extra: dict[str, dict[InstanceMetric, dict[datetime, float]]] = {i.key: {} for i in instances}
     periods: dict[str, int] = {}
     failures: dict[str, list[str]] = {i.key: [] for i in instances}
     for lower, upper in spans:
@@ -63,6 +65,8 @@ def _provider_history(
             periods.setdefault(instance.key, utilisation.period_s)
             for sample in utilisation.samples:  # chunk edges may repeat a timestamp
                 samples[instance.key][sample.at] = sample
+            for metric, points in utilisation.instance_series.items():
+                extra[instance.key].setdefault(metric, {}).update(points)
     series: list[TraceSeries] = []
     skipped: list[tuple[str, str]] = []
     partial: list[tuple[str, str]] = []
@@ -75,7 +79,12 @@ def _provider_history(
         if failures[instance.key]:
             partial.append((instance.key, "; ".join(failures[instance.key])))
         ordered = tuple(found[at] for at in sorted(found))
-        series.append(TraceSeries(instance, ordered, periods.get(instance.key, 60)))
+        others: dict[InstanceMetric, tuple[Point, ...]] = {
+            metric: tuple(sorted(points.items())) for metric, points in extra[instance.key].items()
+        }
+        series.append(
+            TraceSeries(instance, ordered, periods.get(instance.key, 60), instance_series=others)
+        )
     return series, skipped, partial
 
 

@@ -30,7 +30,7 @@ from typing import Any
 
 from guardian.backtest.trace import TraceSeries
 from guardian.config import Config
-from guardian.model import GpuInstance, GpuUtilisation, PriceAssessment
+from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point, PriceAssessment
 from guardian.policy import Episode, Step, decide, next_step
 
 __all__ = [
@@ -112,6 +112,20 @@ def _hours(delta: timedelta) -> float:
     return max(0.0, delta.total_seconds() / 3600)
 
 
+def _window(
+    extra: Sequence[tuple[InstanceMetric, tuple[Point, ...], list[float]]],
+    start_s: float,
+    end_s: float,
+) -> dict[InstanceMetric, tuple[Point, ...]]:
+    """The per-instance series as the provider would return them at ``end_s``."""
+    found: dict[InstanceMetric, tuple[Point, ...]] = {}
+    for metric, points, times in extra:
+        window = points[bisect_left(times, start_s) : bisect_right(times, end_s)]
+        if window:
+            found[metric] = window
+    return found
+
+
 def replay_series(
     series: TraceSeries,
     config: Config,
@@ -126,6 +140,10 @@ def replay_series(
     lookback_s = config.cost.lookback.total_seconds()
     grace = config.idle.grace
     times = [s.at.timestamp() for s in samples]
+    extra = [
+        (metric, points, [at.timestamp() for at, _ in points])
+        for metric, points in series.instance_series.items()
+    ]
     first, last = samples[0].at, samples[-1].at
     step_s = poll.total_seconds()
     index = max(0, math.ceil((first - origin).total_seconds() / step_s))
@@ -141,7 +159,12 @@ def replay_series(
         now_s = now.timestamp()
         # The daemon's view at `now`: the lookback up to now, nothing from the future.
         window = samples[bisect_left(times, now_s - lookback_s) : bisect_right(times, now_s)]
-        utilisation = GpuUtilisation(window, series.period_s, instance.gpu_count)
+        utilisation = GpuUtilisation(
+            window,
+            series.period_s,
+            instance.gpu_count,
+            instance_series=_window(extra, now_s - lookback_s, now_s),
+        )
         decision = decide(instance, utilisation, price, config, now)
         polls += 1
         step, episode = next_step(instance.key, decision.verdict, episode, now, grace)

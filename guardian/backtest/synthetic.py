@@ -39,6 +39,7 @@ class TraceRow:
     gpu_index: int
     gpu_util: float
     gpu_mem_used_mib: float
+    notebook_idle_s: float | None = None  # the agent's notebook signal; None = absent
 
 
 @dataclass(frozen=True)
@@ -140,22 +141,28 @@ def training_series(
     return series
 
 
-def write_trace(rows: Sequence[TraceRow] | Iterator[TraceRow], path: Path) -> int:
-    """Write rows in the backtest format (gzipped when the name ends in .gz); returns the count."""
+def write_trace(
+    rows: Sequence[TraceRow] | Iterator[TraceRow], path: Path, *, notebook_column: bool = False
+) -> int:
+    """Write rows in the backtest format (gzipped when the name ends in .gz); returns the count.
+    ``notebook_column`` adds ``notebook_idle_s`` (empty where the signal is absent)."""
     opener = gzip.open if path.suffix == ".gz" else open
     count = 0
+    header = ["instance_id", "timestamp", "gpu_index", "gpu_util", "gpu_mem_used_mib"]
     with opener(path, "wt", newline="", encoding="utf-8") as handle:
         writer = csv.writer(handle)
-        writer.writerow(("instance_id", "timestamp", "gpu_index", "gpu_util", "gpu_mem_used_mib"))
+        writer.writerow([*header, "notebook_idle_s"] if notebook_column else header)
         for row in rows:
-            writer.writerow(
-                (
-                    row.instance_id,
-                    row.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
-                    row.gpu_index,
-                    f"{row.gpu_util:g}",
-                    f"{row.gpu_mem_used_mib:g}",
-                )
-            )
+            cells = [
+                row.instance_id,
+                row.at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                row.gpu_index,
+                f"{row.gpu_util:g}",
+                f"{row.gpu_mem_used_mib:g}",
+            ]
+            if notebook_column:
+                idle_s = row.notebook_idle_s
+                cells.append("" if idle_s is None else f"{idle_s:g}")
+            writer.writerow(cells)
             count += 1
     return count

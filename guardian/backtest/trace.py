@@ -3,8 +3,10 @@
 Three layouts are recognised by their header, plain or gzipped (by content, not by name):
 
 - the backtest format: ``instance_id,timestamp,gpu_index,gpu_util`` and optionally
-  ``gpu_mem_used_mib``, ``instance_type``, ``provider``, ``region``; one row per GPU per sample,
-  rows in any order, timestamps ISO-8601 (naive = UTC) or Unix seconds;
+  ``gpu_mem_used_mib``, ``instance_type``, ``provider``, ``region`` and ``notebook_idle_s`` (the
+  agent's notebook signal, empty where absent; per instance, so where several GPU rows of one
+  timestamp carry it the smallest counts); one row per GPU per sample, rows in any order,
+  timestamps ISO-8601 (naive = UTC) or Unix seconds;
 - the Philly per-minute long form ``machine_id,gpu,timestamp_local,gpu_util``: a machine's
   minutes come in separate excerpts, so each stretch without a gap over ``SEGMENT_GAP`` is one
   series (one instance's life);
@@ -24,13 +26,13 @@ import math
 import statistics
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from itertools import pairwise
 from pathlib import Path
 
 from guardian.errors import GuardianError
-from guardian.model import GpuInstance, GpuSample
+from guardian.model import GpuInstance, GpuSample, InstanceMetric, Point
 from guardian.series import reduce_gpu_series
 
 __all__ = [
@@ -79,6 +81,8 @@ class TraceSeries:
     # Ground truth where the trace has it: True = the job held the GPUs for the whole series
     # (any stop interrupts it), False = the job had ended, None = not known.
     job_running: bool | None = None
+    # Per-instance series beside the GPUs' (the notebook signal), oldest first; absent = no entry.
+    instance_series: Mapping[InstanceMetric, tuple[Point, ...]] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,6 +179,7 @@ def series_from_points(
     util: Mapping[str, Mapping[datetime, float]],
     mem: Mapping[str, Mapping[datetime, float]] | None = None,
     job_running: bool | None = None,
+    notebook_idle: Mapping[datetime, float] | None = None,
 ) -> TraceSeries:
     """Reduce per-GPU readings to per-timestamp samples (the shared rule of
     ``guardian.series``): max over GPUs, incomplete where a GPU of the instance is missing."""
@@ -183,7 +188,12 @@ def series_from_points(
         {gpu: list(values.items()) for gpu, values in (mem or {}).items()},
         expected_gpus=instance.gpu_count,
     )
-    return TraceSeries(instance, samples, _period_s(samples), job_running)
+    extra = (
+        {InstanceMetric.NOTEBOOK_IDLE_S: tuple(sorted(notebook_idle.items()))}
+        if notebook_idle
+        else {}
+    )
+    return TraceSeries(instance, samples, _period_s(samples), job_running, extra)
 
 
 def _instance(instance_id: str, launch: datetime, gpus: int, shape: TraceDefaults) -> GpuInstance:
@@ -204,6 +214,7 @@ def _read_backtest(
 ) -> list[TraceSeries]:
     times = _Times(where)
     points: dict[str, _GpuReadings] = defaultdict(lambda: _GpuReadings({}, {}))
+    notebook: dict[str, dict[datetime, float]] = defaultdict(dict)
     shape: dict[str, TraceDefaults] = {}
     for line, row in enumerate(rows, start=2):
         instance_id = (row.get("instance_id") or "").strip()
@@ -221,6 +232,12 @@ def _read_backtest(
             )
         gpu_points = points[instance_id]
         gpu_points.util.setdefault(gpu, {})  # a GPU that never reports still counts
+        idle_s = _number(row.get("notebook_idle_s"), "notebook_idle_s", where, line)
+        if idle_s is not None:
+            if idle_s < 0:
+                raise TraceError(f"{where} line {line}: notebook_idle_s {idle_s:g} is negative")
+            known = notebook[instance_id]
+            known[at] = min(idle_s, known.get(at, idle_s))  # doubt never makes a kernel idler
         if util is None:
             continue  # the GPU did not report: the timestamp is incomplete, not idle
         _check_util(util, where, line)
@@ -232,7 +249,14 @@ def _read_backtest(
         if not stamps:
             continue  # not one reading: nothing to replay
         instance = _instance(instance_id, min(stamps), len(gpu_points.util), shape[instance_id])
-        result.append(series_from_points(instance, gpu_points.util, gpu_points.mem))
+        result.append(
+            series_from_points(
+                instance,
+                gpu_points.util,
+                gpu_points.mem,
+                notebook_idle=notebook.get(instance_id),
+            )
+        )
     return result
 
 
@@ -331,7 +355,8 @@ def read_trace(path: Path, defaults: TraceDefaults | None = None) -> list[TraceS
             missing = ", ".join(_missing(header, BACKTEST_COLUMNS))
             raise TraceError(
                 f"{where}: not a GPU trace: missing column(s) {missing} (expected "
-                f"{','.join(BACKTEST_COLUMNS)}[,gpu_mem_used_mib,instance_type,provider,region])"
+                f"{','.join(BACKTEST_COLUMNS)}"
+                "[,gpu_mem_used_mib,instance_type,provider,region,notebook_idle_s])"
             )
     if not series:
         raise TraceError(f"{where}: the trace has no GPU readings")

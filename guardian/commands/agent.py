@@ -70,17 +70,21 @@ def build_agent(
     wall: tuple[str, ...] | None = None,
     launch_time: datetime | None = None,
     provider_options: Mapping[str, Any] | None = None,
+    proc_root: Path = Path("/proc"),
 ) -> tuple[Agent, list[Provider]]:
     """Every part of a running agent, from config. One-line GuardianErrors for what is missing:
     NVML (``NVML not available: …``), the run directory, the cloud metadata service.
 
-    ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog).
+    ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog);
+    ``proc_root`` is where GPU-holding processes are classified (tests build fake trees).
     """
     from guardian.agent.autostop import Alerter, Autostop, CloudTarget, default_wall_command
     from guardian.agent.gpu.nvml import BACKEND_ENV, Nvml, load_backend
     from guardian.agent.loop import Agent, SampleWindow, agent_horizon, boot_time, local_instance
+    from guardian.agent.notebook import build_notebook_watch
 
     SampleWindow(agent_horizon(config), config.agent.interval)  # validates the interval early
+    notebooks = build_notebook_watch(config, proc_root)  # the token file, before NVML starts
     spec = backend or os.environ.get(BACKEND_ENV) or "nvml"
     nvml = Nvml.open(load_backend(spec, clock=clock.monotonic))
     providers: list[Provider] = []
@@ -146,6 +150,7 @@ def build_agent(
         autostop=autostop,
         run_dir=run_dir,
         backend=spec,
+        notebooks=notebooks,
     )
     return agent, providers
 
@@ -308,7 +313,9 @@ def _running_status(where: RunDir) -> dict[str, Any] | None:
 def _sample_now(backend: str | None, where: RunDir) -> dict[str, Any]:
     """No agent running: one direct NVML sample, without a verdict (one sample proves nothing)."""
     from guardian.agent.gpu.nvml import Nvml, load_backend
+    from guardian.agent.notebook import build_notebook_watch
     from guardian.agent.status import sample_document
+    from guardian.config import Config
 
     nvml = Nvml.open(load_backend(backend))
     try:
@@ -316,7 +323,8 @@ def _sample_now(backend: str | None, where: RunDir) -> dict[str, Any]:
         snapshot = nvml.sample(now)
     finally:
         nvml.close()
-    return sample_document(snapshot, where.keep_until(now))
+    notebook = build_notebook_watch(Config()).observe(snapshot, now)
+    return sample_document(snapshot, where.keep_until(now), notebook)
 
 
 def _num(value: Any, unit: str = "") -> str:
@@ -351,6 +359,19 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         lines.append(f"autostop: {stop['message']}")
     if doc.get("keep_until"):
         lines.append(f"kept until: {doc['keep_until']} (guardian agent keep)")
+    notebook = doc.get("notebook")
+    if notebook:
+        idle_s = notebook.get("idle_s")
+        shown = "signal" if idle_s is not None else "no signal"
+        lines.append(f"notebook: {shown}: {notebook.get('why')}")
+        for kernel in notebook.get("kernels") or []:
+            lines.append(
+                f"    kernel {kernel['id']} ({kernel.get('name') or '?'}): "
+                f"{kernel.get('execution_state')}, {_num(kernel.get('connections'))} "
+                f"connection(s), last activity {kernel.get('last_activity') or '?'}"
+            )
+        for server in notebook.get("unread_servers") or []:
+            lines.append(f"    unreadable Jupyter server: {server} (counts as a browser connected)")
     lines.append(f"driver: {doc.get('driver_version') or '?'}")
     for problem in doc.get("problems") or []:
         lines.append(f"problem: {problem}")
@@ -364,9 +385,10 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         if procs is None:
             lines.append("    processes: unknown")
         for proc in procs or []:
+            kind = f"  {proc['kind']}: {proc.get('why')}" if proc.get("kind") else ""
             lines.append(
                 f"    pid {proc['pid']} {proc.get('name') or '?'} "
-                f"{_num(proc.get('gpu_mem_used_mib'), ' MiB')}"
+                f"{_num(proc.get('gpu_mem_used_mib'), ' MiB')}{kind}"
             )
         for problem in gpu.get("problems") or []:
             lines.append(f"    problem: {problem}")

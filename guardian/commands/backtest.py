@@ -1,8 +1,9 @@
 """``guardian backtest``: replay GPU history through the real policy and warn-then-stop ladder.
 
 Sources: a trace file (``--trace``, the backtest CSV or a Philly trace, plain or gzipped), the
-fleet's own metrics (``--from-cloudwatch`` / ``--from-gcp`` with ``--days``), or the synthetic
-training fleet (``--synthetic``). The config and ``--set`` overrides are the daemon's.
+fleet's own metrics (``--from-cloudwatch`` / ``--from-gcp`` with ``--days``), the synthetic
+training fleet (``--synthetic``) or the synthetic notebook fleet (``--synthetic-notebooks``).
+The config and ``--set`` overrides are the daemon's.
 """
 
 from __future__ import annotations
@@ -104,11 +105,13 @@ def _source_series(
     days: int,
     instance_type: str | None,
     status: Console,
+    synthetic_notebooks: bool = False,
 ) -> tuple[list[TraceSeries], str]:
-    chosen = sum((trace is not None, from_cloudwatch, from_gcp, synthetic))
+    chosen = sum((trace is not None, from_cloudwatch, from_gcp, synthetic, synthetic_notebooks))
     if chosen != 1:
         raise GuardianError(
-            "choose one source: --trace PATH, --from-cloudwatch, --from-gcp or --synthetic"
+            "choose one source: --trace PATH, --from-cloudwatch, --from-gcp, --synthetic or "
+            "--synthetic-notebooks"
         )
     if not 1 <= days <= MAX_DAYS:
         raise GuardianError(f"--days must be between 1 and {MAX_DAYS}")
@@ -121,6 +124,10 @@ def _source_series(
         from guardian.backtest.synthetic import training_series
 
         return training_series(instance_type=instance_type or ""), "synthetic training fleet"
+    if synthetic_notebooks:
+        from guardian.backtest.synthetic_notebook import notebook_series
+
+        return notebook_series(instance_type=instance_type or ""), "synthetic notebook fleet"
     return _cloud_series(config, "aws" if from_cloudwatch else "gcp", days, status)
 
 
@@ -198,7 +205,8 @@ def backtest(  # typer calls commands with keyword arguments only
         typer.Option(
             "--trace",
             help="CSV (optionally gzipped): instance_id,timestamp,gpu_index,gpu_util"
-            "[,gpu_mem_used_mib,instance_type,provider,region]; Philly traces also read.",
+            "[,gpu_mem_used_mib,instance_type,provider,region,notebook_idle_s]; Philly traces "
+            "also read.",
             dir_okay=False,
         ),
     ] = None,
@@ -210,6 +218,14 @@ def backtest(  # typer calls commands with keyword arguments only
     ] = False,
     synthetic: Annotated[
         bool, typer.Option("--synthetic", help="Replay the synthetic training fleet (seed 7).")
+    ] = False,
+    synthetic_notebooks: Annotated[
+        bool,
+        typer.Option(
+            "--synthetic-notebooks",
+            help="Replay the synthetic notebook fleet (seed 11, 40 machines): kernels left "
+            "open after the browser closed, with the agent's notebook signal.",
+        ),
     ] = False,
     days: Annotated[
         int, typer.Option("--days", help="Days of cloud history (CloudWatch keeps 15 at 1 min).")
@@ -243,6 +259,7 @@ def backtest(  # typer calls commands with keyword arguments only
         days=days,
         instance_type=instance_type,
         status=status,
+        synthetic_notebooks=synthetic_notebooks,
     )
     shape = summary(series)
     status.print(

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from typing import Any, Literal
 
 from guardian.model import Finding, GpuInstance
-from guardian.policy import format_keep_until
+from guardian.policy import NOTEBOOK_ADVICE, format_keep_until
 
 __all__ = [
     "DigestSummary",
@@ -317,6 +317,8 @@ def warning_message(
             t(" — please stop it if it is no longer needed (guardian only alerts in this mode)."),
         )
     lines = [lead, *_facts(finding)]
+    if finding.decision.notebook_idle_minutes is not None:
+        lines.append((b("Notebook: "), t(NOTEBOOK_ADVICE)))
     if instance_store_loss:
         lines.append(
             (b("Data loss: "), t("its instance-store (local SSD) data is lost when it stops."))

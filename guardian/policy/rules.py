@@ -2,7 +2,9 @@
 
 No clock (``now`` is an argument), no I/O, no cloud SDK: the daemon, the audit, the agent, the
 demo and the backtest all call this same function, so a backtest tests the real policy. The
-instance's own history (``guardian.policy.history``) may lengthen the idle wait, never shorten it.
+instance's own history (``guardian.policy.history``) may lengthen the idle wait, never shorten it;
+what shortens it is evidence: memory released (the job has ended), or the agent's notebook signal
+(``guardian.policy.notebook``: only idle notebook kernels hold the GPUs, no browser connected).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from guardian.model import (
     Verdict,
 )
 from guardian.policy.history import IdleWaits, idle_waits, pause_history, released
+from guardian.policy.notebook import notebook_idle_s
 from guardian.policy.tags import protection, speedup_override
 
 __all__ = ["IdleRun", "decide", "trailing_idle_run"]
@@ -225,7 +228,12 @@ def decide(
     if price.premium is not None and mean_util > 0:
         required_speedup = round(price.premium / (mean_util / 100), 2)
 
-    def build(verdict: Verdict, action: str, window: timedelta | None = None) -> Decision:
+    def build(
+        verdict: Verdict,
+        action: str,
+        window: timedelta | None = None,
+        notebook_minutes: float | None = None,
+    ) -> Decision:
         return Decision(
             verdict=verdict,
             reasons=tuple(reasons),
@@ -239,6 +247,7 @@ def decide(
             newest_sample_age_s=age.total_seconds(),
             required_speedup=required_speedup,
             idle_window_minutes=_minutes(window) if window is not None else None,
+            notebook_idle_minutes=notebook_minutes,
         )
 
     threshold = f"{threshold_pct:g}%"
@@ -247,6 +256,28 @@ def decide(
     # window_released: 0s switches the released-memory shortcut off (never "stop at once").
     use_released = idle_cfg.window_released > timedelta(0) and run.released > timedelta(0)
     shortest = min(idle_cfg.window_released, idle_cfg.window) if use_released else idle_cfg.window
+    # Each sample stands for one period; a stretch with fewer samples than the coverage rule
+    # asks for is a guess, not a measurement (one datapoint per 10 minutes is not "idle for an
+    # hour").
+    run_coverage = run.samples * period / run.held if run.held > timedelta(0) else 0.0
+    measured = run_coverage >= idle_cfg.min_coverage and uptime >= idle_cfg.min_uptime
+    # The agent's evidence that a person left a notebook: every GPU-holding process an idle
+    # kernel, no browser connected. It overrides the waits history would lengthen, never the
+    # GPUs' own idle run: they must have been idle as long as the kernels.
+    notebook_window = idle_cfg.window_notebook
+    notebook_s = (
+        notebook_idle_s(utilisation, samples[-1].at, now)
+        if notebook_window > timedelta(0) and run.held >= notebook_window and measured
+        else None
+    )
+    if notebook_s is not None and notebook_s >= notebook_window.total_seconds():
+        notebook_minutes = round(notebook_s / 60, 1)
+        reasons.append(
+            f"notebook kernel idle for {notebook_minutes:.0f} min, no browser connected "
+            f"(every GPU under {threshold} for {idle_minutes:g} min; "
+            f"wait {_minutes(notebook_window):g} min)"
+        )
+        return build(Verdict.IDLE, _MODE_ACTION[config.mode], notebook_window, notebook_minutes)
     if timedelta(0) < run.held < shortest:
         reasons.append(
             f"GPUs under {threshold} for the last {idle_minutes:g} min "
@@ -256,10 +287,6 @@ def decide(
         waits = _waits(samples, config)
         released_ok = use_released and run.released >= waits.released
         held_ok = run.held >= waits.held
-        # Each sample stands for one period; a stretch with fewer samples than the coverage
-        # rule asks for is a guess, not a measurement (one datapoint per 10 minutes is not
-        # "idle for an hour").
-        run_coverage = run.samples * period / run.held
         if (released_ok or held_ok) and run_coverage < idle_cfg.min_coverage:
             reasons.append(
                 f"GPUs under {threshold} for {idle_minutes:g} min, but only {run_coverage:.0%} "

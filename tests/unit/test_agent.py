@@ -147,7 +147,14 @@ def test_status_file_round_trip_and_rendering(tmp_path: Path) -> None:
     assert document["verdict"] == "busy"
     assert document["agent"]["backend"] == "fake:training-then-idle"
     assert document["gpus"][0]["processes"] == [
-        {"pid": 5_000_001, "name": "python", "gpu_mem_used_mib": 28672.0}
+        {
+            "pid": 5_000_001,
+            "name": "python",
+            "gpu_mem_used_mib": 28672.0,
+            "kind": None,  # this agent classifies no process (no notebook watch)
+            "why": None,
+            "kernel_id": None,
+        }
     ]
     assert document["pending_stop"] is None
     document["agent"]["running"] = True

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
 
 __all__ = [
+    "NOTEBOOK_IDLE_METRIC",
     "RECENTLY_ACTIVE",
     "InstanceSeriesSpec",
     "MetricNames",
@@ -56,6 +57,11 @@ Points = tuple[list[datetime], list[float]]
 RECENTLY_ACTIVE: Final = "PT3H"
 _FAILED_STATUSES = frozenset({"Forbidden", "InternalError"})
 _NO_POINTS: Points = ([], [])
+
+
+# The agent's notebook signal (guardian.agent.notebook): Unit Seconds, dimensions exactly
+# InstanceId, in aws.metrics.namespace beside the GPU metrics.
+NOTEBOOK_IDLE_METRIC: Final = "guardian_notebook_idle"
 
 
 @dataclass(frozen=True)

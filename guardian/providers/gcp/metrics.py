@@ -27,6 +27,7 @@ from guardian.providers.gcp.errors import map_google_error
 from guardian.series import reduce_gpu_series
 
 __all__ = [
+    "NOTEBOOK_IDLE_METRIC_TYPE",
     "GcpInstanceSeriesSpec",
     "MetricKind",
     "ProjectSeries",
@@ -43,6 +44,10 @@ SeriesByInstance = dict[str, dict[str, Points]]
 
 _MIB = 1024 * 1024
 _MEMORY_UNITS = {"By": 1 / _MIB, "KiBy": 1 / 1024, "MiBy": 1.0, "GiBy": 1024.0, "": 1 / _MIB}
+
+
+# The agent's notebook signal (guardian.agent.notebook), on the gce_instance resource.
+NOTEBOOK_IDLE_METRIC_TYPE = "custom.googleapis.com/guardian/notebook/idle_seconds"
 
 
 @dataclass(frozen=True)
