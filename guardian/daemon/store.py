@@ -11,6 +11,7 @@ commit together or not at all: a crash can delay a message, never lose or duplic
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -152,6 +153,9 @@ class Tx:
         errors: int,
         hourly_burn_usd: float,
         idle_burn_usd_per_hour: float,
+        replica: str | None = None,
+        units: int | None = None,
+        with_observations: bool = True,
     ) -> None:
         self.conn.execute(
             cycles.insert().values(
@@ -162,8 +166,16 @@ class Tx:
                 errors=errors,
                 hourly_burn_usd=hourly_burn_usd,
                 idle_burn_usd_per_hour=idle_burn_usd_per_hour,
+                replica=replica,
+                units=units,
             )
         )
+        if with_observations:
+            self.record_observations(cycle_id, started_at, findings)
+
+    def record_observations(
+        self, cycle_id: str, started_at: datetime, findings: Sequence[Finding]
+    ) -> None:
         rows = [
             {
                 "cycle_id": cycle_id,
@@ -216,6 +228,26 @@ class Tx:
             raise ValueError(f"episode fields {sorted(values.keys() - allowed)} are not mutable")
         self.conn.execute(episodes.update().where(episodes.c.id == episode_id).values(**values))
 
+    def take_stop(self, episode_id: int, intent_id: int) -> bool:
+        """Mark ``intent_id`` as the episode's stop in flight, only if none is and the episode
+        is open: a compare-and-set, so two writers can never both be stopping one instance."""
+        result = self.conn.execute(
+            episodes.update()
+            .where(
+                episodes.c.id == episode_id,
+                episodes.c.stop_intent_id.is_(None),
+                episodes.c.closed_at.is_(None),
+            )
+            .values(stop_intent_id=intent_id)
+        )
+        return bool(result.rowcount)
+
+    def release_stop(self, episode_id: int) -> None:
+        """The stop in flight ended without stopping (failed, not executed): allow another."""
+        self.conn.execute(
+            episodes.update().where(episodes.c.id == episode_id).values(stop_intent_id=None)
+        )
+
     def close_episode(self, episode_id: int, at: datetime, reason: str) -> None:
         self.conn.execute(
             episodes.update()
@@ -237,9 +269,11 @@ class Tx:
         intent_id: int | None = None,
         dry_run: bool = False,
         episode_id: int | None = None,
+        replica: str | None = None,
     ) -> int:
         result = self.conn.execute(
             actions.insert().values(
+                replica=replica,
                 at=at,
                 cycle_id=cycle_id,
                 **ref.columns(),
@@ -280,7 +314,8 @@ class Tx:
         message: Mapping[str, Any],
         instance_key: str | None = None,
     ) -> int:
-        """One row per target; a (dedupe_key, target) already queued is not queued again."""
+        """One row per target; a (dedupe_key, target) already queued is not queued again —
+        by this writer or, at the same moment, another replica (the unique constraint decides)."""
         existing = {
             r.target
             for r in self.conn.execute(
@@ -301,9 +336,34 @@ class Tx:
             for target in dict.fromkeys(targets)
             if target not in existing
         ]
-        if rows:
-            self.conn.execute(outbox.insert(), rows)
-        return len(rows)
+        if not rows:
+            return 0
+        insert = _insert_ignoring_duplicates(self.conn, outbox)
+        inserted = self.conn.execute(insert, rows).rowcount
+        return int(inserted) if inserted is not None and inserted >= 0 else len(rows)
+
+    def claim_due_notifications(
+        self, now: datetime, hold_until: datetime, limit: int = 200
+    ) -> list[OutboxRow]:
+        """PostgreSQL: the due rows no other replica is delivering, held until ``hold_until``
+        (a replica that dies mid-delivery lets them come due again then), so two replicas never
+        send one message twice."""
+        due = (
+            sa.select(outbox.c.id)
+            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
+            .where(outbox.c.next_attempt_at <= now)
+            .order_by(outbox.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        claimed = self.conn.execute(
+            outbox.update()
+            .where(outbox.c.id.in_(due.scalar_subquery()))
+            .values(next_attempt_at=hold_until)
+            .returning(*outbox.c)
+        )
+        rows = [_row(OutboxRow, r) for r in claimed]
+        return sorted(rows, key=lambda r: r.id)
 
     def due_notifications(self, now: datetime, limit: int = 200) -> list[OutboxRow]:
         query = (
@@ -365,6 +425,22 @@ class Tx:
         self.conn.execute(conditions.delete().where(conditions.c.key == key))
 
 
+def _insert_ignoring_duplicates(conn: Connection, table: sa.Table) -> Any:
+    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
+    if conn.dialect.name == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+        return pg_insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+
+    return sqlite_insert(table).on_conflict_do_nothing()
+
+
+# Held while migrating, so replicas started together on an empty database migrate one at a
+# time (the others then find the schema current); any constant works, this one spells "ggmig".
+MIGRATION_LOCK = 0x67676D6967
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets `guardian history` read while the daemon writes; busy_timeout rides out the
     # short write locks instead of failing with "database is locked".
@@ -376,7 +452,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Store:
-    """The state database. Thread-safe: writers take one lock (SQLite has one writer anyway)."""
+    """The state database. Thread-safe. On SQLite writers take one lock (it has one writer
+    anyway); on PostgreSQL they run concurrently and the database's locks decide."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -385,11 +462,17 @@ class Store:
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"state_url: not a database URL: {exc}") from exc
         kwargs: dict[str, Any] = {"future": True}
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        elif self.is_postgres:
+            # A connection that died with a server restart is replaced, not handed out; every
+            # unit worker may hold one; a server that does not answer fails in seconds.
+            kwargs.update(pool_pre_ping=True, pool_size=12, max_overflow=20, pool_timeout=30)
+            kwargs["connect_args"] = {"connect_timeout": 5}
         try:
             self.engine: Engine = sa.create_engine(parsed, **kwargs)
         except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as exc:
@@ -399,7 +482,9 @@ class Store:
             ) from exc
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._write_lock = threading.RLock()
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self.is_postgres else threading.RLock()
+        )
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -415,6 +500,8 @@ class Store:
         alembic_cfg = AlembicConfig()
         alembic_cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._write_lock, self.engine.begin() as conn:
+            if self.is_postgres:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             alembic_cfg.attributes["connection"] = conn
             command.upgrade(alembic_cfg, "head")
 
