@@ -223,7 +223,7 @@ class UnitRunner:
 
     def _run_unit(self, work: _Work, slot: _Slot) -> None:
         unit = slot.lease.unit
-        with structlog.contextvars.bound_contextvars(unit=unit.key, token=slot.lease.token):
+        with structlog.contextvars.bound_contextvars(unit=unit.key, claim=slot.lease.token):
             try:
                 provider = work.providers.get(unit.provider)
                 if provider is None:

@@ -73,10 +73,16 @@ class AccountDirectory:
         self._clients = clients
         self._unit_error = unit_error
         self._lock = threading.Lock()
+        # Unit threads that meet an account not entered yet resolve at once: one does the work.
+        self._resolving = threading.Lock()
         self._listed: tuple[float, list[AwsAccount], str] | None = None  # when, roles, own id
 
     def resolve(self, errors: list[UnitError]) -> list[AccountAccess]:
         """The accounts to audit now, each entered; failures are appended to ``errors``."""
+        with self._resolving:
+            return self._resolve(errors)
+
+    def _resolve(self, errors: list[UnitError]) -> list[AccountAccess]:
         accounts = self._config.accounts
         if isinstance(accounts, AwsOrganizationAccounts):
             return self._organization(accounts, errors)
