@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -25,11 +26,20 @@ def _replicas(url: str, count: int, lease_s: float = 2.0) -> list[DbCoordinator]
 def test_each_unit_is_claimed_by_one_replica_and_the_plan_is_made_once(pg_url: str) -> None:
     a, b = _replicas(pg_url, 2)
     now = datetime.now(UTC)
-    plans = []
-    plan_a = a.plan(now, lambda: plans.append("a") or UnitPlan(UNITS))  # type: ignore[func-returns-value]
-    plan_b = b.plan(now, lambda: plans.append("b") or UnitPlan(UNITS))  # type: ignore[func-returns-value]
+    plans: list[str] = []
+
+    def planner(name: str) -> Callable[[], UnitPlan]:
+        def make() -> UnitPlan:
+            plans.append(name)
+            return UnitPlan(UNITS)
+
+        return make
+
+    plan_a = a.plan(now, planner("a"))
+    plan_b = b.plan(now, planner("b"))
     assert plans == ["a"]
-    assert plan_a.cycle == plan_b.cycle and not plan_b.planned_here
+    assert plan_a.cycle == plan_b.cycle
+    assert not plan_b.planned_here
     claimed = []
     for replica, plan in ((a, plan_a), (b, plan_b), (a, plan_a), (b, plan_b), (a, plan_a)):
         lease = replica.claim(plan)

@@ -71,14 +71,14 @@ def test_upgrading_from_the_first_schema_keeps_open_episodes(url: str) -> None:
     store.close()
 
 
-def _together(count: int, work: Callable[[], object]) -> list[BaseException | None]:
+def _together(count: int, work: Callable[[int], object]) -> list[BaseException | None]:
     barrier = threading.Barrier(count)
     outcomes: list[BaseException | None] = [None] * count
 
     def run(index: int) -> None:
         barrier.wait()
         try:
-            work()
+            work(index)
         except BaseException as exc:
             outcomes[index] = exc
 
@@ -93,7 +93,7 @@ def _together(count: int, work: Callable[[], object]) -> list[BaseException | No
 def test_three_replicas_migrating_an_empty_database_at_once_all_come_up(pg_url: str) -> None:
     stores: list[Store] = []
 
-    def open_one() -> None:
+    def open_one(_index: int) -> None:
         stores.append(Store.open(pg_url))
 
     assert _together(3, open_one) == [None, None, None]
@@ -107,15 +107,11 @@ def test_three_replicas_migrating_an_empty_database_at_once_all_come_up(pg_url: 
 def test_one_warning_per_episode_even_from_two_replicas_at_once(pg_url: str) -> None:
     stores = [Store.open(pg_url), Store.open(pg_url)]
 
-    def warn(store: Store) -> Callable[[], None]:
-        def run() -> None:
-            with store.transaction() as tx:
-                tx.open_episode(REF, NOW, NOW + timedelta(minutes=15), "stop")
+    def warn(index: int) -> None:
+        with stores[index].transaction() as tx:
+            tx.open_episode(REF, NOW, NOW + timedelta(minutes=15), "stop")
 
-        return run
-
-    barrier_runs = [warn(stores[0]), warn(stores[1])]
-    outcomes = _together(2, lambda: barrier_runs.pop()())
+    outcomes = _together(2, warn)
     assert sorted(type(o).__name__ for o in outcomes) == ["IntegrityError", "NoneType"]
     with stores[0].reader() as tx:
         assert list(tx.open_episodes()) == [REF.instance_key]
