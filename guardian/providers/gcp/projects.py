@@ -33,12 +33,14 @@ MAX_FOLDERS = 10_000  # a guard against a cycle in a broken or fake hierarchy
 
 def compute_disabled(exc: BaseException) -> bool:
     """Whether a Compute call failed because the API is not enabled in the project (HTTP 403,
-    reason ``accessNotConfigured`` / ``SERVICE_DISABLED``): nothing to audit there, no error."""
+    reason ``accessNotConfigured`` / ``SERVICE_DISABLED``): nothing to audit there, no error.
+    Looks through guardian's own error to the SDK's exception it was mapped from."""
+    while exc.__cause__ is not None and not hasattr(exc, "errors"):
+        exc = exc.__cause__
     if getattr(exc, "code", None) != 403:
         return False
-    reasons = {
-        str(e.get("reason", "")) for e in getattr(exc, "errors", None) or [] if isinstance(e, dict)
-    }
+    details = getattr(exc, "errors", None) or []
+    reasons = {str(e.get("reason", "")) for e in details if isinstance(e, dict)}
     reasons.add(str(getattr(exc, "reason", "") or ""))
     if reasons & {"accessNotConfigured", "SERVICE_DISABLED"}:
         return True
