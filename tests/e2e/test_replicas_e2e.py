@@ -10,6 +10,7 @@ paused one must find its token stale.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -236,6 +237,11 @@ def test_three_replicas_share_an_organization_and_act_once(
         wait_for(lambda: stopped() >= ACCOUNTS, timeout=90, interval=0.5)
         wait_for(lambda: len(stopped_titles(http_receiver)) >= ACCOUNTS, timeout=20)
         time.sleep(LEASE_S)  # a few more cycles: nothing new may happen
+        shown = survivor.cli("status", "--format", "json", "-c", str(survivor.config_path))
+        assert shown.returncode == 0, shown.stderr
+        status = json.loads(shown.stdout)
+        table = survivor.cli("status", "-c", str(survivor.config_path))
+        assert table.returncode == 0, table.stderr
         for replica in (paused, survivor):
             code, _ = replica.stop(timeout=30)
             assert code == 0
@@ -272,6 +278,14 @@ def test_three_replicas_share_an_organization_and_act_once(
     lost = [e for e in paused.events() if e.get("event") in ("unit_lease_lost", "unit_taken_over")]
     assert any(e.get("unit") == stale.key for e in lost), lost
     assert all(r.events("daemon_started") for r in replicas)  # all three came up
+    assert status["backend"] == "postgresql"
+    alive = {r["pid"] for r in status["replicas"]}
+    assert alive == {paused.proc.pid, survivor.proc.pid}  # the killed one is not alive
+    assert len(status["units"]) == (ACCOUNTS + 1) * len(REGIONS)  # members and management
+    assert {u["state"] for u in status["units"]} <= {"running", "done", "waiting"}
+    assert status["last_completed_cycle"] is not None
+    assert status["open_episodes"] == []  # every idle instance stopped
+    assert "Replicas alive (2)" in table.stdout
     print(
         f"\ne2e replicas: {ACCOUNTS} accounts x {len(REGIONS)} regions, units done per replica "
         f"{dict(done_by)}, takeover after kill -9 in {takeover_s:.1f} s (lease {LEASE_S:g} s), "
