@@ -95,7 +95,7 @@ class PostgresServer:
         if done.returncode != 0:
             log = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
             raise RuntimeError(f"{tool} failed ({done.returncode}): {done.stderr.strip()}\n{log}")
-        return done.stdout
+        return str(done.stdout)
 
     def start(self) -> None:
         options = (self.data / "guardian-options").read_text()
