@@ -11,28 +11,31 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
 
 from guardian.config import Config, Mode
 from guardian.cycle import CycleResult
+from guardian.daemon.enforce_stop import (
+    CycleState,
+    EnforceSummary,
+    RunBudget,
+    StopSteps,
+    UnitGuard,
+)
 from guardian.daemon.messages import (
     Message,
     breaker_message,
     not_stopped_message,
     reconciled_message,
     resumed_message,
-    stop_failed_message,
-    stopped_message,
     warning_message,
 )
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
-from guardian.errors import GuardianError
 from guardian.model import Finding, GpuInstance, Verdict
 from guardian.policy import Step, instance_block, next_step, permanent_block
 from guardian.providers import Provider, Unit, UnitError
@@ -43,17 +46,6 @@ log = structlog.get_logger(__name__)
 
 _MEASURED = (Verdict.IDLE, Verdict.UNDERUSED, Verdict.BUSY)
 _BREAKER_MIN_IDLE = 3
-
-
-@dataclass
-class EnforceSummary:
-    warned: int = 0
-    resumed: int = 0
-    stops: Counter[tuple[str, bool]] = field(default_factory=Counter)  # (action, dry_run)
-    stop_failures: Counter[str] = field(default_factory=Counter)  # by provider
-    blocked: Counter[str] = field(default_factory=Counter)  # recorded blocks by reason
-    tripped_units: tuple[str, ...] = ()
-    reconciled: int = 0
 
 
 def _unit(instance: GpuInstance | InstanceRef) -> str:
@@ -76,62 +68,7 @@ def _unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
     return None
 
 
-class UnitGuard(Protocol):
-    """What a unit's enforcement may write, and whether it may still act (``coordination``)."""
-
-    replica: str | None
-
-    def fence(self, tx: Tx) -> None:
-        """Raise ``LeaseLost`` inside ``tx`` unless this replica still holds the unit."""
-        ...
-
-    def reserve_stop(self, tx: Tx) -> bool:
-        """Take one stop of ``limits.max_stops_per_cycle`` in ``tx``; False when spent."""
-        ...
-
-    def held(self) -> bool:
-        """Whether the unit is still this replica's right now (checked before a cloud call)."""
-        ...
-
-
-class _RunBudget:
-    """Without a coordinator: the stop budget of one ``Enforcer.run``, nothing to fence."""
-
-    replica: str | None = None
-
-    def __init__(self, limit: int) -> None:
-        self._left = limit
-
-    def fence(self, tx: Tx) -> None:
-        return None
-
-    def reserve_stop(self, tx: Tx) -> bool:
-        if self._left <= 0:
-            return False
-        self._left -= 1
-        return True
-
-    def held(self) -> bool:
-        return True
-
-
-class _AlreadyStopping(Exception):
-    """Another writer has a stop of this episode in flight: roll the intent back."""
-
-
-@dataclass
-class _Cycle:
-    """What one ``Enforcer.run`` carries from instance to instance."""
-
-    now: datetime  # when enforcement runs: deadlines count from here, not from the audit
-    audited_at: datetime  # when the findings were measured: sample ages are relative to it
-    cycle_id: str
-    summary: EnforceSummary
-    guard: UnitGuard
-    tripped: set[str] = field(default_factory=set)
-
-
-class Enforcer:
+class Enforcer(StopSteps):
     def __init__(
         self, config: Config, store: Store, notifier: Notifier, providers: Sequence[Provider]
     ) -> None:
@@ -155,8 +92,8 @@ class Enforcer:
         With ``unit``, ``result`` is that unit's audit and only its episodes and stop intents
         are touched; ``guard`` fences every write and holds the cycle's stop budget.
         """
-        budget = guard or _RunBudget(self._config.limits.max_stops_per_cycle)
-        cyc = _Cycle(now, result.generated_at, cycle_id, EnforceSummary(), budget)
+        budget = guard or RunBudget(self._config.limits.max_stops_per_cycle)
+        cyc = CycleState(now, result.generated_at, cycle_id, EnforceSummary(), budget)
 
         def mine(ref: InstanceRef) -> bool:
             return unit is None or unit.covers(ref.provider, ref.account, ref.region)
@@ -175,7 +112,7 @@ class Enforcer:
         return cyc.summary
 
     # -- small helpers: every log row and alert carries the cycle's time and id ---------------
-    def _record(self, tx: Tx, cyc: _Cycle, ref: InstanceRef, action: str, **fields: Any) -> int:
+    def _record(self, tx: Tx, cyc: CycleState, ref: InstanceRef, action: str, **fields: Any) -> int:
         fields.setdefault("phase", "event")
         return tx.record_action(
             at=cyc.now,
@@ -187,7 +124,7 @@ class Enforcer:
         )
 
     def _alert(
-        self, tx: Tx, cyc: _Cycle, message: Message, key: str, inst: GpuInstance | None = None
+        self, tx: Tx, cyc: CycleState, message: Message, key: str, inst: GpuInstance | None = None
     ) -> None:
         self._notifier.enqueue(
             tx,
@@ -199,7 +136,7 @@ class Enforcer:
         )
 
     # -- the ladder ----------------------------------------------------------------------------
-    def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: _Cycle) -> None:
+    def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: CycleState) -> None:
         inst = finding.instance
         ladder = episode.as_ladder() if episode is not None else None
         step, _ = next_step(
@@ -237,7 +174,7 @@ class Enforcer:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
 
-    def _warn(self, finding: Finding, cyc: _Cycle) -> None:
+    def _warn(self, finding: Finding, cyc: CycleState) -> None:
         inst = finding.instance
         if _unit(inst) in cyc.tripped:
             log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
@@ -273,7 +210,7 @@ class Enforcer:
     def _open_and_warn(
         self,
         finding: Finding,
-        cyc: _Cycle,
+        cyc: CycleState,
         *,
         deadline: datetime,
         promise: str,
@@ -295,7 +232,7 @@ class Enforcer:
         self._alert(tx, cyc, message, f"warn:{episode_id}", inst)
         return episode_id
 
-    def _resume(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> None:
+    def _resume(self, finding: Finding, episode: EpisodeRow, cyc: CycleState) -> None:
         inst, verdict = finding.instance, finding.decision.verdict
         with self._store.transaction() as tx:
             cyc.guard.fence(tx)
@@ -338,7 +275,7 @@ class Enforcer:
         return None
 
     # -- gates and stops -----------------------------------------------------------------------
-    def _gate(self, finding: Finding, cyc: _Cycle) -> tuple[str, str, bool] | None:
+    def _gate(self, finding: Finding, cyc: CycleState) -> tuple[str, str, bool] | None:
         """The first safety gate that blocks a stop: (reason, explanation, for good)."""
         inst = finding.instance
         block = instance_block(inst, self._config, cyc.now)  # this cycle's tags, right now
@@ -351,7 +288,7 @@ class Enforcer:
         return None
 
     def _block(
-        self, finding: Finding, episode: EpisodeRow, blocked: tuple[str, str, bool], cyc: _Cycle
+        self, finding: Finding, episode: EpisodeRow, blocked: tuple[str, str, bool], cyc: CycleState
     ) -> None:
         reason, text, permanent = blocked
         log.info("stop_blocked", reason=reason, detail=text)
@@ -378,144 +315,9 @@ class Enforcer:
                 self._alert(tx, cyc, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1
 
-    def _stop(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> None:
-        inst = finding.instance
-        ref = InstanceRef.of(inst)
-        hibernate = self._config.enforce.hibernate and inst.hibernation_configured
-        action = "hibernate" if hibernate else "stop"
-        why = f"idle past its deadline {episode.deadline:%Y-%m-%d %H:%M:%S} UTC"
-        spent = (
-            "max_stops_per_cycle",
-            f"{self._config.limits.max_stops_per_cycle} stops this cycle already "
-            "(limits.max_stops_per_cycle)",
-            False,
-        )
-        if self._config.dry_run:
-            with self._store.transaction() as tx:
-                cyc.guard.fence(tx)
-                reserved = cyc.guard.reserve_stop(tx)
-                if reserved:
-                    self._record(
-                        tx,
-                        cyc,
-                        ref,
-                        action,
-                        outcome="dry_run",
-                        reason=why,
-                        dry_run=True,
-                        episode_id=episode.id,
-                    )
-                    tx.update_episode(episode.id, stop_state="would_stop")
-                    message = stopped_message(finding, action=action, dry_run=True)
-                    # Owners hear nothing of a dry run: the notifier sends it to channels only.
-                    self._alert(tx, cyc, message, f"would_stop:{episode.id}")
-            if not reserved:
-                self._block(finding, episode, spent, cyc)
-                return
-            cyc.summary.stops[(action, True)] += 1
-            log.info("instance_would_stop", action=action)
-            return
-        intent_id = self._write_intent(finding, episode, cyc, action, why)
-        if intent_id is None:
-            self._block(finding, episode, spent, cyc)
-            return
-        if intent_id < 0:
-            return  # another writer is stopping it: its outcome will be recorded there
-        ok, detail = False, ""
-        if not cyc.guard.held():
-            # The lease ran out between the intent and now (a pause, a slow database): another
-            # replica may hold the unit already, so the call is not made.
-            detail = "not called: this replica's lease on the unit ran out before the call"
-        else:
-            try:
-                result = self._providers[inst.provider].stop(inst, hibernate=hibernate)
-                ok, detail, action = result.ok, result.message, result.action or action
-            except GuardianError as exc:
-                detail = str(exc)
-            except Exception as exc:  # an SDK bug must not lose the outcome of a stop
-                log.exception("stop_raised")
-                detail = f"{type(exc).__name__}: {exc}"
-        self._write_outcome(
-            finding,
-            episode,
-            cyc,
-            action=action,
-            intent_id=intent_id,
-            ok=ok,
-            detail=detail or why,
-        )
-
-    def _write_intent(
-        self, finding: Finding, episode: EpisodeRow, cyc: _Cycle, action: str, why: str
-    ) -> int | None:
-        """The stop intent, committed before the call: fenced, within the stop budget, and the
-        episode's only stop in flight. None: the budget is spent; -1: another writer has it."""
-        ref = InstanceRef.of(finding.instance)
-        try:
-            with self._store.transaction() as tx:
-                cyc.guard.fence(tx)
-                if not cyc.guard.reserve_stop(tx):
-                    return None
-                intent_id = self._record(
-                    tx, cyc, ref, action, phase="intent", reason=why, episode_id=episode.id
-                )
-                if not tx.take_stop(episode.id, intent_id):
-                    raise _AlreadyStopping
-        except _AlreadyStopping:
-            log.warning("stop_in_flight_elsewhere", episode=episode.id)
-            return -1
-        return intent_id
-
-    def _write_outcome(
-        self,
-        finding: Finding,
-        episode: EpisodeRow,
-        cyc: _Cycle,
-        *,
-        action: str,
-        intent_id: int,
-        ok: bool,
-        detail: str,
-    ) -> None:
-        """The outcome, never fenced: a stop that was made is recorded whoever holds the unit
-        now (an outcome already given by a takeover's reconciliation stands)."""
-        inst = finding.instance
-        try:
-            with self._store.transaction() as tx:
-                self._record(
-                    tx,
-                    cyc,
-                    InstanceRef.of(inst),
-                    action,
-                    phase="outcome",
-                    outcome="ok" if ok else "failed",
-                    reason=detail,
-                    intent_id=intent_id,
-                    episode_id=episode.id,
-                )
-                if ok:
-                    tx.close_episode(episode.id, cyc.now, "stopped" if action == "stop" else action)
-                    message = stopped_message(finding, action=action, dry_run=False)
-                    self._alert(tx, cyc, message, f"stopped:{intent_id}", inst)
-                else:
-                    tx.release_stop(episode.id)
-                    tx.update_episode(episode.id, stop_error=detail)
-                    if episode.stop_error != detail:  # one alert per distinct error
-                        message = stop_failed_message(finding, detail)
-                        self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
-        except IntegrityError:
-            log.warning("stop_outcome_given_elsewhere", intent_id=intent_id)
-            return
-        if ok:
-            cyc.summary.stops[(action, False)] += 1
-            log.warning("instance_stopped", action=action, intent_id=intent_id)
-        else:
-            cyc.summary.stop_failures[inst.provider] += 1
-            log.error("stop_failed", action=action, intent_id=intent_id, error=detail)
-
     # -- housekeeping around the ladder --------------------------------------------------------
     def _reconcile(
-        self, result: CycleResult, cyc: _Cycle, mine: Callable[[InstanceRef], bool]
+        self, result: CycleResult, cyc: CycleState, mine: Callable[[InstanceRef], bool]
     ) -> None:
         """Give every stop intent without an outcome (a crash mid-stop) its outcome now."""
         with self._store.reader() as tx:
@@ -560,7 +362,7 @@ class Enforcer:
                 outcome=outcome,
             )
 
-    def _circuit_breaker(self, findings: Sequence[Finding], cyc: _Cycle) -> set[str]:
+    def _circuit_breaker(self, findings: Sequence[Finding], cyc: CycleState) -> set[str]:
         """Units where too many instances look idle at once: a metrics pipeline, not a fleet."""
         measured: Counter[str] = Counter()
         idle: dict[str, list[Finding]] = defaultdict(list)
@@ -593,7 +395,7 @@ class Enforcer:
         return tripped
 
     def _close_vanished(
-        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: _Cycle
+        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: CycleState
     ) -> None:
         """Episodes of instances no longer running: stopped or terminated by someone else.
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -29,8 +29,8 @@ from guardian.daemon.schema import (
     cycles,
     episodes,
     observations,
-    outbox,
 )
+from guardian.daemon.store_outbox import OutboxRow, OutboxTx
 from guardian.errors import ConfigError
 from guardian.model import Finding, GpuInstance
 from guardian.policy import Episode
@@ -110,22 +110,6 @@ class ActionRow:
 
 
 @dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    created_at: datetime
-    kind: str
-    instance_key: str | None
-    dedupe_key: str
-    target: str
-    message: Mapping[str, Any]
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
-    delivered_at: datetime | None
-    dropped_at: datetime | None
-
-
-@dataclass(frozen=True)
 class ObservationRow:
     at: datetime
     ref: InstanceRef
@@ -136,7 +120,7 @@ class ObservationRow:
     idle_minutes: float | None
 
 
-class Tx:
+class Tx(OutboxTx):
     """One unit of work on an open connection; commits when the ``with`` block ends."""
 
     def __init__(self, conn: Connection) -> None:
@@ -303,116 +287,6 @@ class Tx:
         query = actions.select().where(actions.c.at >= since).order_by(actions.c.id)
         return [_row(ActionRow, r) for r in self.conn.execute(query)]
 
-    # -- the notification outbox ---------------------------------------------------------------
-    def enqueue(
-        self,
-        *,
-        at: datetime,
-        kind: str,
-        dedupe_key: str,
-        targets: Sequence[str],
-        message: Mapping[str, Any],
-        instance_key: str | None = None,
-    ) -> int:
-        """One row per target; a (dedupe_key, target) already queued is not queued again —
-        by this writer or, at the same moment, another replica (the unique constraint decides)."""
-        existing = {
-            r.target
-            for r in self.conn.execute(
-                sa.select(outbox.c.target).where(outbox.c.dedupe_key == dedupe_key)
-            )
-        }
-        rows = [
-            {
-                "created_at": at,
-                "kind": kind,
-                "instance_key": instance_key,
-                "dedupe_key": dedupe_key,
-                "target": target,
-                "message": dict(message),
-                "attempts": 0,
-                "next_attempt_at": at,
-            }
-            for target in dict.fromkeys(targets)
-            if target not in existing
-        ]
-        if not rows:
-            return 0
-        insert = _insert_ignoring_duplicates(self.conn, outbox)
-        inserted = self.conn.execute(insert, rows).rowcount
-        return int(inserted) if inserted is not None and inserted >= 0 else len(rows)
-
-    def claim_due_notifications(
-        self, now: datetime, hold_until: datetime, limit: int = 200
-    ) -> list[OutboxRow]:
-        """PostgreSQL: the due rows no other replica is delivering, held until ``hold_until``
-        (a replica that dies mid-delivery lets them come due again then), so two replicas never
-        send one message twice."""
-        due = (
-            sa.select(outbox.c.id)
-            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
-            .where(outbox.c.next_attempt_at <= now)
-            .order_by(outbox.c.id)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-        )
-        claimed = self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id.in_(due.scalar_subquery()))
-            .values(next_attempt_at=hold_until)
-            .returning(*outbox.c)
-        )
-        rows = [_row(OutboxRow, r) for r in claimed]
-        return sorted(rows, key=lambda r: r.id)
-
-    def due_notifications(self, now: datetime, limit: int = 200) -> list[OutboxRow]:
-        query = (
-            outbox.select()
-            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
-            .where(outbox.c.next_attempt_at <= now)
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
-        return [_row(OutboxRow, r) for r in self.conn.execute(query)]
-
-    def pending_notifications(self) -> int:
-        query = sa.select(sa.func.count()).where(
-            outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None)
-        )
-        return int(self.conn.execute(query).scalar_one())
-
-    def mark_delivered(self, row_id: int, at: datetime) -> None:
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(delivered_at=at, attempts=outbox.c.attempts + 1, last_error=None)
-        )
-
-    def mark_failed(self, row_id: int, error: str, retry_at: datetime) -> None:
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=retry_at)
-        )
-
-    def defer_target(self, target: str, until: datetime) -> None:
-        """Hold back every undelivered row of a failing channel until ``until`` (no attempt)."""
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.target == target, outbox.c.next_attempt_at < until)
-            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
-            .values(next_attempt_at=until)
-        )
-
-    def mark_dropped(self, row_id: int, at: datetime, reason: str) -> None:
-        self.conn.execute(
-            outbox.update().where(outbox.c.id == row_id).values(dropped_at=at, last_error=reason)
-        )
-
-    def notifications_since(self, since: datetime) -> list[OutboxRow]:
-        query = outbox.select().where(outbox.c.created_at >= since).order_by(outbox.c.id)
-        return [_row(OutboxRow, r) for r in self.conn.execute(query)]
-
     # -- open conditions (e.g. a tripped circuit breaker), to alert on changes only ------------
     def open_conditions(self, prefix: str) -> dict[str, datetime]:
         query = conditions.select().where(conditions.c.key.startswith(prefix, autoescape=True))
@@ -423,17 +297,6 @@ class Tx:
 
     def close_condition(self, key: str) -> None:
         self.conn.execute(conditions.delete().where(conditions.c.key == key))
-
-
-def _insert_ignoring_duplicates(conn: Connection, table: sa.Table) -> Any:
-    """INSERT ... ON CONFLICT DO NOTHING in the connection's dialect."""
-    if conn.dialect.name == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert as pg_insert
-
-        return pg_insert(table).on_conflict_do_nothing()
-    from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-
-    return sqlite_insert(table).on_conflict_do_nothing()
 
 
 # Held while migrating, so replicas started together on an empty database migrate one at a
