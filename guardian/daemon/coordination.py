@@ -99,6 +99,7 @@ class UnitReport:
 
 class Coordinator(Protocol):
     replica: str
+    shared: bool  # other replicas share the cycle: claim no more once the next one is due
 
     def plan(self, now: datetime, make_plan: Callable[[], UnitPlan]) -> CyclePlan: ...
     def claim(self, plan: CyclePlan) -> Lease | None: ...
@@ -112,6 +113,8 @@ class Coordinator(Protocol):
 
 class LocalCoordinator:
     """SQLite: this process plans and runs every unit; a lease ends only by a unit's timeout."""
+
+    shared = False
 
     def __init__(self, replica: str | None = None) -> None:
         self.replica = replica or replica_id()
@@ -184,6 +187,8 @@ _PLAN_UNIT = sa.text(
 
 class DbCoordinator:
     """PostgreSQL: units claimed with leases and fencing tokens by any number of replicas."""
+
+    shared = True
 
     def __init__(self, store: Store, poll_interval: timedelta, lease: timedelta) -> None:
         if not store.is_postgres:

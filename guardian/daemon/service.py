@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import signal
 import threading
@@ -186,6 +187,8 @@ class Daemon:
         self.replica = coordinator.replica
         self._units = UnitRunner(coordinator, self.store, clock, self._stopping)
         self._prices = PriceCacheSync(self.store)
+        if self.store.is_postgres:  # leases renewed while units run, `run --once` included
+            threading.Thread(target=self._keep_alive, name="guardian-leases", daemon=True).start()
         self._signals: queue.Queue[int] = queue.Queue()
         self._scheduler: BlockingScheduler | None = None
         self._last_healthy = time.monotonic()
@@ -357,6 +360,12 @@ class Daemon:
             for key, before, after in (
                 ("state_url", old.config.effective_state_url, config.effective_state_url),
                 ("metrics.listen", old.config.metrics.listen, config.metrics.listen),
+                ("units.lease", old.config.units.lease, config.units.lease),
+                (
+                    "poll_interval (the cycle number replicas share)",
+                    old.config.poll_interval,
+                    config.poll_interval if self.store.is_postgres else old.config.poll_interval,
+                ),
             ):
                 if before != after:
                     log.warning("config_reload_needs_restart", key=key)
@@ -397,6 +406,16 @@ class Daemon:
                     log.error("lease_renewal_failed", error=str(exc).splitlines()[0][:300])
                     last_error = time.monotonic()
 
+    def _cycle_trigger(self, poll: float, jitter: float) -> BaseTrigger:
+        """Every ``poll`` seconds. With replicas, on the boundaries of the shared cycle number
+        (``floor(epoch / poll)``), so that all of them start each cycle together and share it."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if not self.store.is_postgres:
+            return IntervalTrigger(seconds=poll, jitter=jitter, timezone=UTC)
+        boundary = datetime.fromtimestamp(math.ceil(time.time() / poll) * poll, UTC)
+        return IntervalTrigger(seconds=poll, start_date=boundary, jitter=jitter, timezone=UTC)
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.put_nowait(signum)  # handled on the control thread, never in the handler
 
@@ -424,7 +443,7 @@ class Daemon:
         jitter = min(poll * 0.05, 10.0)
         flush_every = min(max(poll / 2, 1.0), 15.0)
         jobs: list[tuple[str, Callable[[], Any], BaseTrigger | None]] = [
-            ("cycle", self.run_cycle, IntervalTrigger(seconds=poll, jitter=jitter, timezone=UTC)),
+            ("cycle", self.run_cycle, self._cycle_trigger(poll, jitter)),
             ("outbox", self.flush_outbox, IntervalTrigger(seconds=flush_every, timezone=UTC)),
             ("digest", self.send_digest, self._runtime.digest_trigger),
             ("prune", self.prune, CronTrigger(hour=3, minute=17, timezone=UTC)),
@@ -510,8 +529,6 @@ class Daemon:
             for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
                 signal.signal(signum, self._on_signal)
         threading.Thread(target=self._control, name="guardian-control", daemon=True).start()
-        if self.store.is_postgres:
-            threading.Thread(target=self._keep_alive, name="guardian-leases", daemon=True).start()
         self._endpoint.start()
         try:
             if not self._stopping.is_set():
@@ -534,7 +551,7 @@ class Daemon:
     def close(self) -> None:
         """Deliver what is due, then release providers, the endpoint and the database."""
         with self._cycle_lock:  # the cycle in flight, if any, ends first
-            pass
+            self._stopping.set()
         try:
             self.flush_outbox()
         except Exception:

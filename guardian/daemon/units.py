@@ -13,6 +13,7 @@ an account sees is that of one unit: see docs/scale-out.md for the figures.
 from __future__ import annotations
 
 import contextvars
+import math
 import queue
 import threading
 import time
@@ -156,7 +157,10 @@ class UnitRunner:
         work = _Work(config, {p.name: p for p in providers}, enforcer, catalog, plan, cycle_id)
         with self._lock:
             self._cycle = plan.cycle
-        slots = self._work_through(work)
+        try:
+            slots = self._work_through(work)
+        finally:
+            self._drop_leftovers()
         findings = sorted(
             (f for s in slots for f in s.findings),
             key=lambda f: (-(f.decision.wasted_usd or 0.0), f.instance.key),
@@ -179,8 +183,10 @@ class UnitRunner:
         config, plan = work.config, work.plan
         timeout_s = config.units.timeout.total_seconds()
         wait_s = min(max(config.units.lease.total_seconds() / 8, 0.2), 2.0)
-        # Claim no more once the next cycle is due: its plan will hold what is left.
-        stop_claiming = time.time() + max(config.poll_interval.total_seconds(), 1.0)
+        # With replicas, claim no more once the next cycle is due: its plan holds what is left.
+        # Alone (SQLite), a slow cycle takes longer, as it always has.
+        poll_s = max(config.poll_interval.total_seconds(), 1.0)
+        stop_claiming = time.time() + poll_s if self.coordinator.shared else math.inf
         done: list[_Slot] = []
         while True:
             self._collect(work, done)
@@ -189,12 +195,17 @@ class UnitRunner:
                 active = sum(1 for s in self._running.values() if not s.abandoned)
             claiming = not self._stopping.is_set() and time.time() < stop_claiming
             if claiming and active < config.units.workers:
-                lease = self.coordinator.claim(plan)
+                try:
+                    lease = self.coordinator.claim(plan)
+                except Exception as exc:  # the database is gone: finish what runs, claim no more
+                    log.error("unit_claim_failed", error=str(exc).splitlines()[0][:300])
+                    stop_claiming = 0.0
+                    continue
                 if lease is not None:
                     self._start(work, lease)
                     continue
             if active == 0:
-                if not claiming or not self.coordinator.others_busy(plan):
+                if not claiming or not self._others_busy(plan):
                     break
                 # Units of this cycle are held by other replicas: wait, and take over any
                 # whose lease runs out (its replica died or hangs).
@@ -206,6 +217,24 @@ class UnitRunner:
                 continue
             work.finished.put(done_slot)
         return done
+
+    def _others_busy(self, plan: CyclePlan) -> bool:
+        try:
+            return self.coordinator.others_busy(plan)
+        except Exception as exc:
+            log.error("unit_claim_failed", error=str(exc).splitlines()[0][:300])
+            return False
+
+    def _drop_leftovers(self) -> None:
+        """Units still running when a cycle ends early (it failed): given up, leases revoked,
+        so that none is renewed for ever by a cycle that no longer waits for it."""
+        with self._lock:
+            left = list(self._running.values())
+            self._running.clear()
+        for slot in left:
+            slot.abandoned = True
+            slot.lease.revoke()
+            log.warning("unit_abandoned", unit=slot.lease.unit.key)
 
     def _start(self, work: _Work, lease: Lease) -> None:
         slot = _Slot(lease, time.monotonic())
