@@ -173,3 +173,15 @@ def test_projects_below_a_folder_tree_are_found_and_compute_less_ones_skipped(
     assert found.errors == ()  # no Compute API, no VMs: not an error
     assert [e["project"] for e in logs if e["event"] == "gcp_compute_disabled"] == ["billing-only"]
     provider.close()
+
+
+def test_probe_enters_every_account_of_the_organization(
+    moto_server: MotoServer, aws_wire: AwsWire
+) -> None:
+    from guardian.providers.aws.provider import probe_credentials
+
+    _org(moto_server, ["a", "b"])
+    config = Config.model_validate({"aws": {"accounts": {"organization": {}}}})
+    line = probe_credentials(config, session=aws_wire.session)
+    assert f"(account {OWN})" in line
+    assert "organization: 3 accounts entered" in line
