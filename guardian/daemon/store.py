@@ -26,9 +26,11 @@ from sqlalchemy.engine import Connection, Engine
 from guardian.daemon.schema import (
     actions,
     conditions,
+    cycle_plans,
     cycles,
     episodes,
     observations,
+    replicas,
 )
 from guardian.daemon.store_outbox import OutboxRow, OutboxTx
 from guardian.errors import ConfigError
@@ -186,9 +188,12 @@ class Tx(OutboxTx):
         ]
 
     def prune(self, before: datetime) -> int:
-        """Drop observations and cycle rows older than ``before``; the action log is kept."""
+        """Drop observations, cycle rows, cycle plans and replicas last seen before ``before``;
+        the action log is kept."""
         gone = self.conn.execute(observations.delete().where(observations.c.at < before))
         self.conn.execute(cycles.delete().where(cycles.c.started_at < before))
+        self.conn.execute(cycle_plans.delete().where(cycle_plans.c.started_at < before))
+        self.conn.execute(replicas.delete().where(replicas.c.seen_at < before))
         return int(gone.rowcount or 0)
 
     # -- episodes ------------------------------------------------------------------------------
