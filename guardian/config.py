@@ -7,6 +7,7 @@ line naming the key path (``idle.window: not a duration: 'soon'``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -23,6 +24,7 @@ from pydantic import (
     PlainSerializer,
     ValidationError,
     field_validator,
+    model_validator,
 )
 
 from guardian.durations import format_duration, parse_duration
@@ -30,7 +32,10 @@ from guardian.errors import ConfigError
 
 __all__ = [
     "DEFAULT_SEARCH_PATHS",
+    "AwsAccount",
+    "AwsOrganization",
     "Config",
+    "GcpProjectsBelow",
     "Mode",
     "apply_overrides",
     "find_config_file",
@@ -130,10 +135,39 @@ class AwsAccount(_Section):
     name: str | None = None
 
 
+class AwsOrganization(_Section):
+    """Every active account of the AWS Organization, each through the same role name."""
+
+    # The role created in each member account (deploy/stackset-member-role.yaml).
+    role_name: str = "gpu-guardian"
+    external_id: str | None = Field(None, min_length=2, max_length=1224)
+    exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("role_name")
+    @classmethod
+    def _role_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[\w+=,.@/-]{1,64}", value):
+            raise ValueError(f"not an IAM role name: {value!r} (letters, digits, +=,.@_-/)")
+        return value
+
+    @field_validator("exclude")
+    @classmethod
+    def _account_ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            if not re.fullmatch(r"\d{12}", str(item)):
+                raise ValueError(f"not a 12-digit AWS account id: {item!r}")
+        return value
+
+
+class AwsOrganizationAccounts(_Section):
+    organization: AwsOrganization = AwsOrganization()
+
+
 class AwsConfig(_Section):
     enabled: bool = True
     regions: list[str] | Literal["all"] = Field(default_factory=lambda: ["us-east-1"])
-    accounts: list[AwsAccount] = Field(default_factory=list)
+    # A list of roles, or {organization: {...}}: the Organization's accounts, found each cycle.
+    accounts: list[AwsAccount] | AwsOrganizationAccounts = Field(default_factory=list)
     metrics: AwsMetricsConfig = AwsMetricsConfig()
 
     @field_validator("regions")
@@ -150,14 +184,39 @@ class GcpMetricsConfig(_Section):
     period: int = Field(60, ge=1)
 
 
+class GcpProjectsBelow(_Section):
+    """Every active project below a folder or an organization (Resource Manager)."""
+
+    folder: str | None = Field(None, pattern=r"^(folders/)?\d{1,32}$")
+    organization: str | None = Field(None, pattern=r"^(organizations/)?\d{1,32}$")
+    exclude: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _exactly_one_parent(self) -> GcpProjectsBelow:
+        if (self.folder is None) == (self.organization is None):
+            raise ValueError("give exactly one of folder or organization")
+        return self
+
+    @property
+    def parent(self) -> str:
+        """``folders/123`` or ``organizations/456``, as Resource Manager names it."""
+        if self.folder is not None:
+            return self.folder if self.folder.startswith("folders/") else f"folders/{self.folder}"
+        assert self.organization is not None
+        org = self.organization
+        return org if org.startswith("organizations/") else f"organizations/{org}"
+
+
 class GcpConfig(_Section):
     enabled: bool = False
-    projects: list[str] = Field(default_factory=list)
+    # A list of project ids, or {folder: ...} / {organization: ...}: the projects below it.
+    projects: list[str] | GcpProjectsBelow = Field(default_factory=list)
     credentials: Literal["default", "anonymous"] = "default"
     metrics: GcpMetricsConfig = GcpMetricsConfig()
     compute_endpoint: str | None = None
     monitoring_endpoint: str | None = None
     billing_endpoint: str | None = None
+    resource_manager_endpoint: str | None = None
 
 
 class NotifyConfig(_Section):
@@ -208,6 +267,36 @@ class PricesConfig(_Section):
     refresh_weekly: bool = False
 
 
+class UnitsConfig(_Section):
+    """How ``guardian run`` works through a cycle's units (provider, account or project, region).
+
+    ``workers`` units at once per replica; a unit still going after ``timeout`` is given up (its
+    lease revoked, so it can act no more) and the others carry on. With a PostgreSQL
+    ``state_url`` each claim of a unit lasts ``lease``, renewed while the unit runs; a replica
+    that dies loses its units to the others once the lease runs out.
+    """
+
+    workers: int = Field(8, ge=1, le=64)
+    timeout: Duration = timedelta(minutes=5)
+    lease: Duration = timedelta(minutes=1)
+
+    @field_validator("timeout")
+    @classmethod
+    def _timeout_range(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
+            raise ValueError(
+                "between 1s and 1h: long enough for a slow region, short enough to retry"
+            )
+        return value
+
+    @field_validator("lease")
+    @classmethod
+    def _lease_range(cls, value: timedelta) -> timedelta:
+        if not timedelta(seconds=2) <= value <= timedelta(minutes=30):
+            raise ValueError("between 2s and 30m: renewed every third of it while a unit runs")
+        return value
+
+
 class Config(_Section):
     mode: Mode = Mode.NOTIFY
     dry_run: bool = False
@@ -227,22 +316,39 @@ class Config(_Section):
     notify: NotifyConfig = NotifyConfig()
     agent: AgentConfig = AgentConfig()
     prices: PricesConfig = PricesConfig()
+    units: UnitsConfig = UnitsConfig()
 
     @property
     def effective_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.state_dir / 'state.db'}"
 
 
+_SHAPE_ERRORS = {"list_type", "model_type", "dict_type", "literal_error", "string_type"}
+
+
+def _is_union_tag(part: object) -> bool:
+    """A union branch pydantic puts in an error's path (``list[str]``, ``GcpProjectsBelow``)."""
+    text = str(part)
+    return "[" in text or text[:1].isupper()
+
+
 def _describe(error: ValidationError) -> str:
-    """The first validation problem as ``key.path: message``."""
-    first = error.errors()[0]
-    path = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    """The first validation problem as ``key.path: message``.
+
+    For a key that takes one of several shapes (a list, or a mapping), the problems of the
+    shape the value does not have are noise: the first problem of the shape it has is reported.
+    """
+    errors = error.errors()
+    relevant = [e for e in errors if e["type"] not in _SHAPE_ERRORS] or errors
+    first = relevant[0]
+    path = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or "(top level)"
+    errors = relevant
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "required key is missing"
-    more = len(error.errors()) - 1
+    more = len(errors) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {message}{suffix}"
 
@@ -340,7 +446,8 @@ def masked_dump(config: Config) -> dict[str, Any]:
     data["notify"]["urls"] = [mask_secret_url(url) for url in config.notify.urls]
     if config.notify.owner_mailto:
         data["notify"]["owner_mailto"] = mask_secret_url(config.notify.owner_mailto)
-    for account in data["aws"]["accounts"]:
+    accounts = data["aws"]["accounts"]
+    for account in accounts if isinstance(accounts, list) else [accounts["organization"]]:
         if account.get("external_id"):
             account["external_id"] = "***"
     if config.state_url and "@" in config.state_url:

@@ -16,10 +16,10 @@ from guardian.config import Config
 from guardian.model import Finding, GpuInstance, GpuUtilisation
 from guardian.policy import decide
 from guardian.prices import PriceCatalog, assess
-from guardian.providers import Provider, UnitError
+from guardian.providers import Discovery, Provider, Unit, UnitError
 from guardian.series import sparkline_values
 
-__all__ = ["CycleResult", "audit_cycle"]
+__all__ = ["CycleResult", "audit_cycle", "audit_units"]
 
 log = structlog.get_logger(__name__)
 
@@ -43,40 +43,79 @@ def audit_cycle(
     """Audit every provider once. A failing unit is logged and reported, never fatal."""
     findings: list[Finding] = []
     errors: list[UnitError] = []
-    start = now - config.cost.lookback
     for provider in providers:
         if progress:
             progress(f"{provider.name}: discovering GPU instances")
         discovery = provider.discover()
-        errors.extend(discovery.errors)
-        for error in discovery.errors:
-            log.warning(
-                "discovery_failed",
-                provider=error.provider,
-                account=error.account,
-                region=error.region,
-                operation=error.operation,
-                error=error.message,
-            )
-        if not discovery.instances:
-            continue
-        if progress:
-            progress(
-                f"{provider.name}: reading GPU metrics of {len(discovery.instances)} instances"
-            )
-        waiting = {instance.key: instance for instance in discovery.instances}
-        # Decide on each instance as its history arrives and keep only the finding: the fleet's
-        # samples (120 a GPU for 2 h at 60 s) are never all in memory at once.
-        for key, utilisation in provider.utilisation(discovery.instances, start, now):
-            instance = waiting.pop(key, None)
-            if instance is None:  # not asked for, or answered twice: the first answer stands
-                log.warning("unexpected_metrics_entry", provider=provider.name, instance=key)
-                continue
-            findings.append(_finding(instance, utilisation, catalog, config, now))
-        missing = GpuUtilisation(error="the provider returned no metrics entry for this instance")
-        findings.extend(_finding(i, missing, catalog, config, now) for i in waiting.values())
+        _measure(
+            config,
+            provider,
+            discovery,
+            catalog,
+            now,
+            findings=findings,
+            errors=errors,
+            progress=progress,
+        )
     findings.sort(key=lambda f: (-(f.decision.wasted_usd or 0.0), f.instance.key))
     return CycleResult(generated_at=now, findings=tuple(findings), errors=tuple(errors))
+
+
+def audit_units(
+    config: Config,
+    provider: Provider,
+    units: Sequence[Unit],
+    catalog: PriceCatalog,
+    now: datetime,
+) -> CycleResult:
+    """``audit_cycle`` for some units of one provider: what ``guardian run`` does per unit."""
+    findings: list[Finding] = []
+    errors: list[UnitError] = []
+    discovery = provider.discover(units)
+    _measure(
+        config, provider, discovery, catalog, now, findings=findings, errors=errors, progress=None
+    )
+    findings.sort(key=lambda f: (-(f.decision.wasted_usd or 0.0), f.instance.key))
+    return CycleResult(generated_at=now, findings=tuple(findings), errors=tuple(errors))
+
+
+def _measure(
+    config: Config,
+    provider: Provider,
+    discovery: Discovery,
+    catalog: PriceCatalog,
+    now: datetime,
+    *,
+    findings: list[Finding],
+    errors: list[UnitError],
+    progress: Progress | None,
+) -> None:
+    start = now - config.cost.lookback
+    errors.extend(discovery.errors)
+    for error in discovery.errors:
+        log.warning(
+            "discovery_failed",
+            provider=error.provider,
+            account=error.account,
+            region=error.region,
+            operation=error.operation,
+            error=error.message,
+        )
+    if not discovery.instances:
+        return
+    if progress:
+        progress(f"{provider.name}: reading GPU metrics of {len(discovery.instances)} instances")
+    waiting = {instance.key: instance for instance in discovery.instances}
+    # Decide on each instance as its history arrives and keep only the finding: the fleet's
+    # samples (120 a GPU for 2 h at 60 s) are never all in memory at once.
+    for key, utilisation in provider.utilisation(discovery.instances, start, now):
+        instance = waiting.pop(key, None)
+        if instance is None:  # not asked for, or answered twice: the first answer stands
+            log.warning("unexpected_metrics_entry", provider=provider.name, instance=key)
+            continue
+        findings.append(_finding(instance, utilisation, catalog, config, now))
+    missing = GpuUtilisation(error="the provider returned no metrics entry for this instance")
+    findings.extend(_finding(i, missing, catalog, config, now) for i in waiting.values())
 
 
 def _finding(

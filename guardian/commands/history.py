@@ -16,7 +16,7 @@ from guardian.config import Config, load_config
 from guardian.durations import parse_duration
 from guardian.errors import GuardianError
 
-__all__ = ["register"]
+__all__ = ["open_state_store", "register"]
 
 
 class HistoryFormat(StrEnum):
@@ -28,7 +28,8 @@ def _iso(moment: datetime | None) -> str | None:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
-def _open_store(config: Config) -> Any:
+def open_state_store(config: Config) -> Any:
+    """The state database of ``config``; a missing SQLite file is a one-line error."""
     import sqlalchemy as sa
 
     from guardian.daemon.store import Store
@@ -74,7 +75,7 @@ def history(
         raise GuardianError(f"--since: {exc}") from exc
     cfg, _path = load_config(config, overrides or ())
     now = datetime.now(UTC)
-    store = _open_store(cfg)
+    store = open_state_store(cfg)
     try:
         with store.reader() as tx:
             actions = tx.actions_since(now - window)

@@ -10,49 +10,42 @@ two is reconciled on restart, never repeated blindly and never lost. Never termi
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 import structlog
+from sqlalchemy.exc import IntegrityError
 
 from guardian.config import Config, Mode
 from guardian.cycle import CycleResult
+from guardian.daemon.enforce_stop import (
+    CycleState,
+    EnforceSummary,
+    RunBudget,
+    StopSteps,
+    UnitGuard,
+)
 from guardian.daemon.messages import (
     Message,
     breaker_message,
     not_stopped_message,
     reconciled_message,
     resumed_message,
-    stop_failed_message,
-    stopped_message,
     warning_message,
 )
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
-from guardian.errors import GuardianError
 from guardian.model import Finding, GpuInstance, Verdict
 from guardian.policy import Step, instance_block, next_step, permanent_block
-from guardian.providers import Provider, UnitError
+from guardian.providers import Provider, Unit, UnitError
 
-__all__ = ["EnforceSummary", "Enforcer"]
+__all__ = ["EnforceSummary", "Enforcer", "UnitGuard"]
 
 log = structlog.get_logger(__name__)
 
 _MEASURED = (Verdict.IDLE, Verdict.UNDERUSED, Verdict.BUSY)
 _BREAKER_MIN_IDLE = 3
-
-
-@dataclass
-class EnforceSummary:
-    warned: int = 0
-    resumed: int = 0
-    stops: Counter[tuple[str, bool]] = field(default_factory=Counter)  # (action, dry_run)
-    stop_failures: Counter[str] = field(default_factory=Counter)  # by provider
-    blocked: Counter[str] = field(default_factory=Counter)  # recorded blocks by reason
-    tripped_units: tuple[str, ...] = ()
-    reconciled: int = 0
 
 
 def _unit(instance: GpuInstance | InstanceRef) -> str:
@@ -75,19 +68,7 @@ def _unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
     return None
 
 
-@dataclass
-class _Cycle:
-    """What one ``Enforcer.run`` carries from instance to instance."""
-
-    now: datetime  # when enforcement runs: deadlines count from here, not from the audit
-    audited_at: datetime  # when the findings were measured: sample ages are relative to it
-    cycle_id: str
-    summary: EnforceSummary
-    tripped: set[str] = field(default_factory=set)
-    stops: int = 0  # stop attempts so far (real or dry-run), for limits.max_stops_per_cycle
-
-
-class Enforcer:
+class Enforcer(StopSteps):
     def __init__(
         self, config: Config, store: Store, notifier: Notifier, providers: Sequence[Provider]
     ) -> None:
@@ -96,16 +77,33 @@ class Enforcer:
         self._notifier = notifier
         self._providers = {provider.name: provider for provider in providers}
 
-    def run(self, result: CycleResult, now: datetime, cycle_id: str) -> EnforceSummary:
+    def run(
+        self,
+        result: CycleResult,
+        now: datetime,
+        cycle_id: str,
+        *,
+        unit: Unit | None = None,
+        guard: UnitGuard | None = None,
+    ) -> EnforceSummary:
         """Act on one cycle's findings at ``now`` — the time after the audit, so the time an
-        audit takes is never taken out of anybody's grace period."""
-        cyc = _Cycle(now, result.generated_at, cycle_id, EnforceSummary())
-        self._reconcile(result, cyc)
+        audit takes is never taken out of anybody's grace period.
+
+        With ``unit``, ``result`` is that unit's audit and only its episodes and stop intents
+        are touched; ``guard`` fences every write and holds the cycle's stop budget.
+        """
+        budget = guard or RunBudget(self._config.limits.max_stops_per_cycle)
+        cyc = CycleState(now, result.generated_at, cycle_id, EnforceSummary(), budget)
+
+        def mine(ref: InstanceRef) -> bool:
+            return unit is None or unit.covers(ref.provider, ref.account, ref.region)
+
+        self._reconcile(result, cyc, mine)
         if self._config.mode is Mode.AUDIT:
             return cyc.summary
         cyc.tripped = self._circuit_breaker(result.findings, cyc)
         with self._store.reader() as tx:
-            open_episodes = tx.open_episodes()
+            open_episodes = {k: e for k, e in tx.open_episodes().items() if mine(e.ref)}
         for finding in result.findings:  # most wasteful first: they get the stop budget
             episode = open_episodes.pop(finding.instance.key, None)
             with structlog.contextvars.bound_contextvars(instance_id=finding.instance.instance_id):
@@ -114,12 +112,19 @@ class Enforcer:
         return cyc.summary
 
     # -- small helpers: every log row and alert carries the cycle's time and id ---------------
-    def _record(self, tx: Tx, cyc: _Cycle, ref: InstanceRef, action: str, **fields: Any) -> int:
+    def _record(self, tx: Tx, cyc: CycleState, ref: InstanceRef, action: str, **fields: Any) -> int:
         fields.setdefault("phase", "event")
-        return tx.record_action(at=cyc.now, cycle_id=cyc.cycle_id, ref=ref, action=action, **fields)
+        return tx.record_action(
+            at=cyc.now,
+            cycle_id=cyc.cycle_id,
+            ref=ref,
+            action=action,
+            replica=cyc.guard.replica,
+            **fields,
+        )
 
     def _alert(
-        self, tx: Tx, cyc: _Cycle, message: Message, key: str, inst: GpuInstance | None = None
+        self, tx: Tx, cyc: CycleState, message: Message, key: str, inst: GpuInstance | None = None
     ) -> None:
         self._notifier.enqueue(
             tx,
@@ -131,7 +136,7 @@ class Enforcer:
         )
 
     # -- the ladder ----------------------------------------------------------------------------
-    def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: _Cycle) -> None:
+    def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: CycleState) -> None:
         inst = finding.instance
         ladder = episode.as_ladder() if episode is not None else None
         step, _ = next_step(
@@ -145,6 +150,7 @@ class Enforcer:
             stale = self._stale_reason(finding, episode, cyc.audited_at)
             if stale is not None:
                 with self._store.transaction() as tx:
+                    cyc.guard.fence(tx)
                     tx.close_episode(episode.id, cyc.now, "rewarn")
                     self._record(
                         tx,
@@ -160,7 +166,6 @@ class Enforcer:
                 if blocked is not None:
                     self._block(finding, episode, blocked, cyc)
                 else:
-                    cyc.stops += 1
                     self._stop(finding, episode, cyc)
 
     def _promise(self, inst: GpuInstance) -> str:
@@ -169,7 +174,7 @@ class Enforcer:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
 
-    def _warn(self, finding: Finding, cyc: _Cycle) -> None:
+    def _warn(self, finding: Finding, cyc: CycleState) -> None:
         inst = finding.instance
         if _unit(inst) in cyc.tripped:
             log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
@@ -186,25 +191,51 @@ class Enforcer:
             alert_only_reason=block.detail if block else None,
             instance_store_loss=inst.has_instance_store and promise != "alert",
         )
-        with self._store.transaction() as tx:
-            episode_id = tx.open_episode(InstanceRef.of(inst), cyc.now, deadline, promise)
-            self._record(
-                tx,
-                cyc,
-                InstanceRef.of(inst),
-                "warn",
-                outcome=promise,
-                reason="; ".join(finding.decision.reasons),
-                dry_run=self._config.dry_run,
-                episode_id=episode_id,
-            )
-            self._alert(tx, cyc, message, f"warn:{episode_id}", inst)
+        try:
+            with self._store.transaction() as tx:
+                cyc.guard.fence(tx)
+                episode_id = self._open_and_warn(
+                    finding, cyc, deadline=deadline, promise=promise, message=message, tx=tx
+                )
+        except IntegrityError:
+            # The unique index on open episodes: another writer warned about it first (a
+            # replica that held this unit before). One warning per episode, whoever gives it.
+            log.info("warning_given_elsewhere", instance_key=inst.key)
+            return
         cyc.summary.warned += 1
-        log.info("instance_warned", deadline=deadline.isoformat(), promise=promise)
+        log.info(
+            "instance_warned", deadline=deadline.isoformat(), promise=promise, episode=episode_id
+        )
 
-    def _resume(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> None:
+    def _open_and_warn(
+        self,
+        finding: Finding,
+        cyc: CycleState,
+        *,
+        deadline: datetime,
+        promise: str,
+        message: Message,
+        tx: Tx,
+    ) -> int:
+        inst = finding.instance
+        episode_id = tx.open_episode(InstanceRef.of(inst), cyc.now, deadline, promise)
+        self._record(
+            tx,
+            cyc,
+            InstanceRef.of(inst),
+            "warn",
+            outcome=promise,
+            reason="; ".join(finding.decision.reasons),
+            dry_run=self._config.dry_run,
+            episode_id=episode_id,
+        )
+        self._alert(tx, cyc, message, f"warn:{episode_id}", inst)
+        return episode_id
+
+    def _resume(self, finding: Finding, episode: EpisodeRow, cyc: CycleState) -> None:
         inst, verdict = finding.instance, finding.decision.verdict
         with self._store.transaction() as tx:
+            cyc.guard.fence(tx)
             tx.close_episode(episode.id, cyc.now, f"resumed:{verdict.value}")
             self._record(
                 tx,
@@ -244,7 +275,7 @@ class Enforcer:
         return None
 
     # -- gates and stops -----------------------------------------------------------------------
-    def _gate(self, finding: Finding, cyc: _Cycle) -> tuple[str, str, bool] | None:
+    def _gate(self, finding: Finding, cyc: CycleState) -> tuple[str, str, bool] | None:
         """The first safety gate that blocks a stop: (reason, explanation, for good)."""
         inst = finding.instance
         block = instance_block(inst, self._config, cyc.now)  # this cycle's tags, right now
@@ -252,18 +283,12 @@ class Enforcer:
             return block.reason, block.detail, block.permanent
         if _unit(inst) in cyc.tripped:
             return "circuit_breaker", f"circuit breaker tripped in {_unit(inst)}", False
-        if cyc.stops >= self._config.limits.max_stops_per_cycle:
-            return (
-                "max_stops_per_cycle",
-                f"{cyc.stops} stops this cycle already (limits.max_stops_per_cycle)",
-                False,
-            )
         if inst.provider not in self._providers:
             return "no_provider", f"provider {inst.provider} is not configured", False
         return None
 
     def _block(
-        self, finding: Finding, episode: EpisodeRow, blocked: tuple[str, str, bool], cyc: _Cycle
+        self, finding: Finding, episode: EpisodeRow, blocked: tuple[str, str, bool], cyc: CycleState
     ) -> None:
         reason, text, permanent = blocked
         log.info("stop_blocked", reason=reason, detail=text)
@@ -271,6 +296,7 @@ class Enforcer:
             return  # recorded already: a gate is recorded again only when the reason changes
         inst = finding.instance
         with self._store.transaction() as tx:
+            cyc.guard.fence(tx)
             self._record(
                 tx,
                 cyc,
@@ -289,77 +315,13 @@ class Enforcer:
                 self._alert(tx, cyc, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1
 
-    def _stop(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> None:
-        inst = finding.instance
-        ref = InstanceRef.of(inst)
-        hibernate = self._config.enforce.hibernate and inst.hibernation_configured
-        action = "hibernate" if hibernate else "stop"
-        why = f"idle past its deadline {episode.deadline:%Y-%m-%d %H:%M:%S} UTC"
-        if self._config.dry_run:
-            with self._store.transaction() as tx:
-                self._record(
-                    tx,
-                    cyc,
-                    ref,
-                    action,
-                    outcome="dry_run",
-                    reason=why,
-                    dry_run=True,
-                    episode_id=episode.id,
-                )
-                tx.update_episode(episode.id, stop_state="would_stop")
-                message = stopped_message(finding, action=action, dry_run=True)
-                # Owners hear nothing of a dry run: the notifier sends it to the channels only.
-                self._alert(tx, cyc, message, f"would_stop:{episode.id}")
-            cyc.summary.stops[(action, True)] += 1
-            log.info("instance_would_stop", action=action)
-            return
-        with self._store.transaction() as tx:
-            intent_id = self._record(
-                tx, cyc, ref, action, phase="intent", reason=why, episode_id=episode.id
-            )
-        ok, detail = False, ""
-        try:
-            result = self._providers[inst.provider].stop(inst, hibernate=hibernate)
-            ok, detail, action = result.ok, result.message, result.action or action
-        except GuardianError as exc:
-            detail = str(exc)
-        except Exception as exc:  # an SDK bug must not lose the outcome of an attempted stop
-            log.exception("stop_raised")
-            detail = f"{type(exc).__name__}: {exc}"
-        with self._store.transaction() as tx:
-            self._record(
-                tx,
-                cyc,
-                ref,
-                action,
-                phase="outcome",
-                outcome="ok" if ok else "failed",
-                reason=detail or why,
-                intent_id=intent_id,
-                episode_id=episode.id,
-            )
-            if ok:
-                tx.close_episode(episode.id, cyc.now, "stopped" if action == "stop" else action)
-                message = stopped_message(finding, action=action, dry_run=False)
-                self._alert(tx, cyc, message, f"stopped:{intent_id}", inst)
-            else:
-                tx.update_episode(episode.id, stop_error=detail)
-                if episode.stop_error != detail:  # one alert per distinct error, not per cycle
-                    message = stop_failed_message(finding, detail)
-                    self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
-        if ok:
-            cyc.summary.stops[(action, False)] += 1
-            log.warning("instance_stopped", action=action, intent_id=intent_id)
-        else:
-            cyc.summary.stop_failures[inst.provider] += 1
-            log.error("stop_failed", action=action, intent_id=intent_id, error=detail)
-
     # -- housekeeping around the ladder --------------------------------------------------------
-    def _reconcile(self, result: CycleResult, cyc: _Cycle) -> None:
+    def _reconcile(
+        self, result: CycleResult, cyc: CycleState, mine: Callable[[InstanceRef], bool]
+    ) -> None:
         """Give every stop intent without an outcome (a crash mid-stop) its outcome now."""
         with self._store.reader() as tx:
-            pending = tx.pending_intents()
+            pending = [intent for intent in tx.pending_intents() if mine(intent.ref)]
         running = {finding.instance.key for finding in result.findings}
         for intent in pending:
             failed_unit = _unit_failed(result, intent.ref)
@@ -374,6 +336,7 @@ class Enforcer:
                 detail = "no longer running after a restart: the stop took effect"
             label = f"{intent.ref.name or intent.ref.instance_id} ({intent.ref.instance_id})"
             with self._store.transaction() as tx:
+                cyc.guard.fence(tx)
                 self._record(
                     tx,
                     cyc,
@@ -387,6 +350,8 @@ class Enforcer:
                 )
                 if outcome == "ok" and intent.episode_id is not None:
                     tx.close_episode(intent.episode_id, cyc.now, "stopped")
+                elif intent.episode_id is not None:
+                    tx.release_stop(intent.episode_id)
                 message = reconciled_message(label, outcome, detail)
                 self._alert(tx, cyc, message, f"reconciled:{intent.id}")
             cyc.summary.reconciled += 1
@@ -397,7 +362,7 @@ class Enforcer:
                 outcome=outcome,
             )
 
-    def _circuit_breaker(self, findings: Sequence[Finding], cyc: _Cycle) -> set[str]:
+    def _circuit_breaker(self, findings: Sequence[Finding], cyc: CycleState) -> set[str]:
         """Units where too many instances look idle at once: a metrics pipeline, not a fleet."""
         measured: Counter[str] = Counter()
         idle: dict[str, list[Finding]] = defaultdict(list)
@@ -413,6 +378,7 @@ class Enforcer:
             if len(items) >= _BREAKER_MIN_IDLE and len(items) / measured[unit] > limit
         }
         with self._store.transaction() as tx:
+            cyc.guard.fence(tx)
             already = tx.open_conditions("breaker:")
             for unit in sorted(tripped - {k.removeprefix("breaker:") for k in already}):
                 detail = f"{len(idle[unit])} of {measured[unit]} measured instances idle"
@@ -429,7 +395,7 @@ class Enforcer:
         return tripped
 
     def _close_vanished(
-        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: _Cycle
+        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: CycleState
     ) -> None:
         """Episodes of instances no longer running: stopped or terminated by someone else.
 
@@ -443,6 +409,7 @@ class Enforcer:
             if _unit_failed(result, episode.ref) is not None:
                 continue
             with self._store.transaction() as tx:
+                cyc.guard.fence(tx)
                 tx.close_episode(episode.id, cyc.now, "vanished")
                 self._record(
                     tx,

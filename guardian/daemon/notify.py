@@ -44,6 +44,9 @@ _EMAIL = re.compile(r"^[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(?:\.[A-Za-z0-9-
 _LOCAL_PART = re.compile(r"^[A-Za-z0-9._%+-]{1,64}$")
 _LOUD_AFTER = (5, 10, 20, 50, 100, 200, 500, 1000)  # failed attempts that are logged as errors
 BACKOFF_CAP = timedelta(minutes=30)
+# A row taken for delivery by one replica; if that replica dies mid-delivery, it is due again
+# after this long (delivery is at least once, as after a kill -9 of a lone daemon).
+DELIVERY_HOLD = timedelta(minutes=2)
 
 FailureHook = Callable[[str], None]  # called with the channel's scheme on each failed attempt
 
@@ -230,8 +233,13 @@ class Notifier:
         """Try every due row once; a channel that fails waits out its backoff, all its rows."""
         delivered = failed = dropped = 0
         with self._lock:
-            with self._store.reader() as tx:
-                due = tx.due_notifications(now)
+            if self._store.is_postgres:
+                # Several replicas flush one outbox: each takes the rows it delivers.
+                with self._store.transaction() as tx:
+                    due = tx.claim_due_notifications(now, now + DELIVERY_HOLD)
+            else:
+                with self._store.reader() as tx:
+                    due = tx.due_notifications(now)
             broken: set[str] = set()
             for row in due:
                 if row.target in broken:

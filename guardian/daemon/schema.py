@@ -13,11 +13,15 @@ __all__ = [
     "UtcDateTime",
     "actions",
     "conditions",
+    "cycle_plans",
     "cycles",
+    "documents",
     "episodes",
     "metadata",
     "observations",
     "outbox",
+    "replicas",
+    "work_units",
 ]
 
 
@@ -65,6 +69,8 @@ cycles = sa.Table(
     sa.Column("errors", sa.Integer, nullable=False),
     sa.Column("hourly_burn_usd", sa.Float, nullable=False),
     sa.Column("idle_burn_usd_per_hour", sa.Float, nullable=False),
+    sa.Column("replica", sa.String(128)),  # who ran it, with several replicas
+    sa.Column("units", sa.Integer),  # the units it audited
 )
 
 observations = sa.Table(
@@ -97,6 +103,9 @@ episodes = sa.Table(
     sa.Column("stop_state", sa.String(32)),  # would_stop | blocked (for good) | None
     sa.Column("blocked_reason", sa.String(64)),  # the last reason recorded, to record changes only
     sa.Column("stop_error", sa.Text),  # the last failed stop's error, to alert once per error
+    # The stop intent in flight: set only where it is NULL, in the intent's own transaction, so
+    # two replicas can never both be stopping one episode's instance.
+    sa.Column("stop_intent_id", sa.Integer),
     sa.Column("closed_at", UtcDateTime),
     sa.Column("close_reason", sa.String(64)),
     # At most one open episode per instance: a second warning is a constraint violation.
@@ -124,6 +133,7 @@ actions = sa.Table(
     sa.Column("reason", sa.Text),
     sa.Column("dry_run", sa.Boolean, nullable=False, default=False),
     sa.Column("episode_id", sa.Integer),
+    sa.Column("replica", sa.String(128)),  # who acted, with several replicas
 )
 
 outbox = sa.Table(
@@ -150,4 +160,67 @@ conditions = sa.Table(
     sa.Column("key", sa.String(300), primary_key=True),
     sa.Column("opened_at", UtcDateTime, nullable=False),
     sa.Column("detail", sa.Text),
+)
+
+# -- several replicas on one PostgreSQL (guardian.daemon.coordination) -------------------------
+
+# One row per unit (provider/account/region) ever planned. A replica claims it for a cycle with
+# a lease (``lease_until``, the database's clock) and a fencing ``token`` that every claim
+# increments: a write on the unit's behalf is valid only while the token is still the writer's.
+work_units = sa.Table(
+    "work_units",
+    metadata,
+    sa.Column("key", sa.String(300), primary_key=True),
+    sa.Column("provider", sa.String(16), nullable=False),
+    sa.Column("account", sa.String(64), nullable=False),
+    sa.Column("region", sa.String(64), nullable=False),
+    sa.Column("planned_cycle", sa.BigInteger, nullable=False),  # the newest plan naming it
+    sa.Column("cycle", sa.BigInteger, nullable=False),  # the cycle of the newest claim
+    sa.Column("done_cycle", sa.BigInteger, nullable=False),  # the newest cycle completed
+    sa.Column("owner", sa.String(128)),
+    sa.Column("token", sa.BigInteger, nullable=False),
+    sa.Column("lease_until", UtcDateTime),  # NULL: not held
+    sa.Column("claimed_at", UtcDateTime),
+    sa.Column("done_at", UtcDateTime),
+    sa.Column("duration_s", sa.Float),
+    sa.Column("instances", sa.Integer),
+    sa.Column("api_calls", sa.Integer),
+    sa.Column("error", sa.Text),
+)
+
+# One row per cycle (``floor(epoch seconds / poll_interval)``): who planned it, and the stops
+# it has spent of ``limits.max_stops_per_cycle``, across replicas.
+cycle_plans = sa.Table(
+    "cycle_plans",
+    metadata,
+    sa.Column("cycle", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("planned_at", UtcDateTime, nullable=False),
+    sa.Column("planner", sa.String(128), nullable=False),
+    sa.Column("units", sa.Integer, nullable=False),
+    sa.Column("stops", sa.Integer, nullable=False),
+    sa.Column("errors", sa.JSON, nullable=False),  # accounts or folders that could not be listed
+)
+
+replicas = sa.Table(
+    "replicas",
+    metadata,
+    sa.Column("id", sa.String(128), primary_key=True),
+    sa.Column("host", sa.String(256), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("version", sa.String(32), nullable=False),
+    sa.Column("started_at", UtcDateTime, nullable=False),
+    sa.Column("seen_at", UtcDateTime, nullable=False, index=True),
+    sa.Column("cycle", sa.BigInteger),
+    sa.Column("units_running", sa.Integer, nullable=False),
+    sa.Column("units_done", sa.Integer, nullable=False),
+)
+
+# Files one replica makes for all (the refreshed price cache), so every replica reads the same.
+documents = sa.Table(
+    "documents",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("updated_at", UtcDateTime, nullable=False),
+    sa.Column("content", sa.Text, nullable=False),
 )

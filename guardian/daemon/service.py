@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import queue
 import signal
 import threading
@@ -25,16 +26,20 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy as sa
 import structlog
 
 from guardian.config import Config, load_config
-from guardian.cycle import CycleResult, audit_cycle
+from guardian.cycle import CycleResult
 from guardian.daemon import sdnotify
+from guardian.daemon.coordination import DIGEST_LOCK, coordinator_for
 from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.messages import digest_message
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
+from guardian.daemon.shared_files import PriceCacheSync
 from guardian.daemon.store import Store
+from guardian.daemon.units import ReplicaCycle, UnitRunner
 from guardian.errors import ConfigError, GuardianError
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider
@@ -69,6 +74,26 @@ def _default_catalog(state_dir: Path) -> PriceCatalog:
     return load_catalog(state_dir)
 
 
+def open_store(url: str, stopping: threading.Event) -> Store:
+    """The state database, migrated; while it cannot be reached, wait and try again.
+
+    A database that is down (a PostgreSQL restart, a network cut) is not a reason to exit: under
+    systemd or Kubernetes that would be a crash loop. Each try is logged with the reason, and
+    ``STATUS=`` says what the daemon waits for. A bad URL or a missing driver stays fatal.
+    """
+    delay = 1.0
+    while True:
+        try:
+            return Store.open(url)
+        except sa.exc.OperationalError as exc:
+            reason = str(exc.orig or exc).strip().splitlines()[0][:300]
+            log.error("state_db_unreachable", error=reason, retry_in_s=delay)
+            sdnotify.notify(f"STATUS=waiting for the state database: {reason}")
+            if stopping.wait(delay):
+                raise GuardianError(f"state database unreachable: {reason}") from exc
+            delay = min(delay * 2, 30.0)
+
+
 def _digest_trigger(config: Config) -> BaseTrigger | None:
     from apscheduler.triggers.cron import CronTrigger
 
@@ -92,6 +117,7 @@ class CycleReport:
     result: CycleResult
     enforcement: EnforceSummary
     duration_s: float
+    units: int = 0
 
     def status_line(self) -> str:
         t = totals(self.result.findings)
@@ -152,11 +178,17 @@ class Daemon:
         self._catalog_loader = catalog
         self._clock = clock
         self.metrics = GuardianMetrics()
-        self.store = Store.open(config.effective_state_url)
+        self._stopping = threading.Event()
+        self.store = open_store(config.effective_state_url, self._stopping)
         self._endpoint = MetricsEndpoint(self.metrics, config.metrics.listen)
         self._runtime = _Runtime(config, self.store, self.metrics, providers)
         self._cycle_lock = threading.Lock()  # one cycle at a time; reload and stop wait on it
-        self._stopping = threading.Event()
+        coordinator = coordinator_for(self.store, config.poll_interval, config.units.lease)
+        self.replica = coordinator.replica
+        self._units = UnitRunner(coordinator, self.store, clock, self._stopping)
+        self._prices = PriceCacheSync(self.store)
+        if self.store.is_postgres:  # leases renewed while units run, `run --once` included
+            threading.Thread(target=self._keep_alive, name="guardian-leases", daemon=True).start()
         self._signals: queue.Queue[int] = queue.Queue()
         self._scheduler: BlockingScheduler | None = None
         self._last_healthy = time.monotonic()
@@ -188,26 +220,35 @@ class Daemon:
         runtime = self._runtime
         config = runtime.config
         started = time.monotonic()
-        now = self._clock()
+        self._prices.pull(config.state_dir)
         catalog = self._catalog_loader(config.state_dir)
-        result = audit_cycle(config, runtime.providers, catalog, now)
-        summary = runtime.enforcer.run(result, self._clock(), cycle_id)
+        done: ReplicaCycle = self._units.run(
+            config, runtime.providers, runtime.enforcer, catalog, cycle_id
+        )
+        result, summary = done.result, done.enforcement
         duration = time.monotonic() - started
         t = totals(result.findings)
         with self.store.transaction() as tx:
             tx.record_cycle(
                 cycle_id=cycle_id,
-                started_at=now,
+                started_at=done.plan.started_at,
                 duration_s=duration,
                 findings=result.findings,
                 errors=len(result.errors),
                 hourly_burn_usd=t.hourly_burn_usd,
                 idle_burn_usd_per_hour=t.idle_burn_usd_per_hour,
+                replica=self.replica if self.store.is_postgres else None,
+                units=done.units,
+                with_observations=False,  # written unit by unit, under each unit's lease
             )
         self._count(result, summary, duration)
-        report = CycleReport(cycle_id, result, summary, duration)
+        report = CycleReport(cycle_id, result, summary, duration, done.units)
         log.info(
             "cycle_done",
+            cycle=done.plan.cycle,
+            units=done.units,
+            failed_units=done.failed_units,
+            api_calls=done.api_calls,
             seconds=round(duration, 3),
             instances=t.instances,
             by_verdict={k: v for k, v in t.by_verdict.items() if v},
@@ -242,6 +283,16 @@ class Daemon:
             with self.store.reader() as tx:
                 summary = digest_summary(tx, now, config.poll_interval)
             with self.store.transaction() as tx:
+                if (
+                    self.store.is_postgres
+                    and not tx.conn.execute(
+                        sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": DIGEST_LOCK}
+                    ).scalar()
+                ):
+                    log.info("digest_queued_elsewhere")  # another replica is queueing it
+                    return
+                # The dedupe key (unique with the target) makes it one digest a day, whichever
+                # replica comes first.
                 self._runtime.notifier.enqueue(
                     tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
                 )
@@ -257,6 +308,16 @@ class Daemon:
             except ImportError:
                 log.warning("price_refresh_unavailable")
                 return
+            with self._prices.refreshing(self._clock(), config.state_dir) as mine:
+                if not mine:
+                    log.info("price_refresh_elsewhere")  # another replica did or does it
+                    return
+                self._refresh_prices(config, refresh, default_regions, source_for)
+
+    def _refresh_prices(
+        self, config: Config, refresh: Any, default_regions: Any, source_for: Any
+    ) -> None:
+        with structlog.contextvars.bound_contextvars(job="price_refresh"):
             enabled = {"aws": config.aws.enabled, "gcp": config.gcp.enabled}
             for provider in (name for name, on in enabled.items() if on):
                 try:
@@ -299,6 +360,12 @@ class Daemon:
             for key, before, after in (
                 ("state_url", old.config.effective_state_url, config.effective_state_url),
                 ("metrics.listen", old.config.metrics.listen, config.metrics.listen),
+                ("units.lease", old.config.units.lease, config.units.lease),
+                (
+                    "poll_interval (the cycle number replicas share)",
+                    old.config.poll_interval,
+                    config.poll_interval if self.store.is_postgres else old.config.poll_interval,
+                ),
             ):
                 if before != after:
                     log.warning("config_reload_needs_restart", key=key)
@@ -327,6 +394,28 @@ class Daemon:
         with contextlib.suppress(SchedulerNotRunningError):
             self._scheduler.shutdown(wait=True)
 
+    def _keep_alive(self) -> None:
+        """Renew the leases of the units in flight and say this replica is alive, every third
+        of a lease; a database outage is logged once a minute at most, and retried."""
+        last_error = 0.0
+        while not self._stopping.wait(self.config.units.lease.total_seconds() / 3):
+            try:
+                self._units.keep_alive()
+            except Exception as exc:
+                if time.monotonic() - last_error > 60:
+                    log.error("lease_renewal_failed", error=str(exc).splitlines()[0][:300])
+                    last_error = time.monotonic()
+
+    def _cycle_trigger(self, poll: float, jitter: float) -> BaseTrigger:
+        """Every ``poll`` seconds. With replicas, on the boundaries of the shared cycle number
+        (``floor(epoch / poll)``), so that all of them start each cycle together and share it."""
+        from apscheduler.triggers.interval import IntervalTrigger
+
+        if not self.store.is_postgres:
+            return IntervalTrigger(seconds=poll, jitter=jitter, timezone=UTC)
+        boundary = datetime.fromtimestamp(math.ceil(time.time() / poll) * poll, UTC)
+        return IntervalTrigger(seconds=poll, start_date=boundary, jitter=jitter, timezone=UTC)
+
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self._signals.put_nowait(signum)  # handled on the control thread, never in the handler
 
@@ -354,7 +443,7 @@ class Daemon:
         jitter = min(poll * 0.05, 10.0)
         flush_every = min(max(poll / 2, 1.0), 15.0)
         jobs: list[tuple[str, Callable[[], Any], BaseTrigger | None]] = [
-            ("cycle", self.run_cycle, IntervalTrigger(seconds=poll, jitter=jitter, timezone=UTC)),
+            ("cycle", self.run_cycle, self._cycle_trigger(poll, jitter)),
             ("outbox", self.flush_outbox, IntervalTrigger(seconds=flush_every, timezone=UTC)),
             ("digest", self.send_digest, self._runtime.digest_trigger),
             ("prune", self.prune, CronTrigger(hour=3, minute=17, timezone=UTC)),
@@ -462,7 +551,7 @@ class Daemon:
     def close(self) -> None:
         """Deliver what is due, then release providers, the endpoint and the database."""
         with self._cycle_lock:  # the cycle in flight, if any, ends first
-            pass
+            self._stopping.set()
         try:
             self.flush_outbox()
         except Exception:

@@ -11,8 +11,9 @@ commit together or not at all: a crash can delay a message, never lose or duplic
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
 from datetime import datetime
@@ -25,11 +26,13 @@ from sqlalchemy.engine import Connection, Engine
 from guardian.daemon.schema import (
     actions,
     conditions,
+    cycle_plans,
     cycles,
     episodes,
     observations,
-    outbox,
+    replicas,
 )
+from guardian.daemon.store_outbox import OutboxRow, OutboxTx
 from guardian.errors import ConfigError
 from guardian.model import Finding, GpuInstance
 from guardian.policy import Episode
@@ -109,22 +112,6 @@ class ActionRow:
 
 
 @dataclass(frozen=True)
-class OutboxRow:
-    id: int
-    created_at: datetime
-    kind: str
-    instance_key: str | None
-    dedupe_key: str
-    target: str
-    message: Mapping[str, Any]
-    attempts: int
-    next_attempt_at: datetime
-    last_error: str | None
-    delivered_at: datetime | None
-    dropped_at: datetime | None
-
-
-@dataclass(frozen=True)
 class ObservationRow:
     at: datetime
     ref: InstanceRef
@@ -135,7 +122,7 @@ class ObservationRow:
     idle_minutes: float | None
 
 
-class Tx:
+class Tx(OutboxTx):
     """One unit of work on an open connection; commits when the ``with`` block ends."""
 
     def __init__(self, conn: Connection) -> None:
@@ -152,6 +139,9 @@ class Tx:
         errors: int,
         hourly_burn_usd: float,
         idle_burn_usd_per_hour: float,
+        replica: str | None = None,
+        units: int | None = None,
+        with_observations: bool = True,
     ) -> None:
         self.conn.execute(
             cycles.insert().values(
@@ -162,8 +152,16 @@ class Tx:
                 errors=errors,
                 hourly_burn_usd=hourly_burn_usd,
                 idle_burn_usd_per_hour=idle_burn_usd_per_hour,
+                replica=replica,
+                units=units,
             )
         )
+        if with_observations:
+            self.record_observations(cycle_id, started_at, findings)
+
+    def record_observations(
+        self, cycle_id: str, started_at: datetime, findings: Sequence[Finding]
+    ) -> None:
         rows = [
             {
                 "cycle_id": cycle_id,
@@ -190,9 +188,12 @@ class Tx:
         ]
 
     def prune(self, before: datetime) -> int:
-        """Drop observations and cycle rows older than ``before``; the action log is kept."""
+        """Drop observations, cycle rows, cycle plans and replicas last seen before ``before``;
+        the action log is kept."""
         gone = self.conn.execute(observations.delete().where(observations.c.at < before))
         self.conn.execute(cycles.delete().where(cycles.c.started_at < before))
+        self.conn.execute(cycle_plans.delete().where(cycle_plans.c.started_at < before))
+        self.conn.execute(replicas.delete().where(replicas.c.seen_at < before))
         return int(gone.rowcount or 0)
 
     # -- episodes ------------------------------------------------------------------------------
@@ -216,6 +217,26 @@ class Tx:
             raise ValueError(f"episode fields {sorted(values.keys() - allowed)} are not mutable")
         self.conn.execute(episodes.update().where(episodes.c.id == episode_id).values(**values))
 
+    def take_stop(self, episode_id: int, intent_id: int) -> bool:
+        """Mark ``intent_id`` as the episode's stop in flight, only if none is and the episode
+        is open: a compare-and-set, so two writers can never both be stopping one instance."""
+        result = self.conn.execute(
+            episodes.update()
+            .where(
+                episodes.c.id == episode_id,
+                episodes.c.stop_intent_id.is_(None),
+                episodes.c.closed_at.is_(None),
+            )
+            .values(stop_intent_id=intent_id)
+        )
+        return bool(result.rowcount)
+
+    def release_stop(self, episode_id: int) -> None:
+        """The stop in flight ended without stopping (failed, not executed): allow another."""
+        self.conn.execute(
+            episodes.update().where(episodes.c.id == episode_id).values(stop_intent_id=None)
+        )
+
     def close_episode(self, episode_id: int, at: datetime, reason: str) -> None:
         self.conn.execute(
             episodes.update()
@@ -237,9 +258,11 @@ class Tx:
         intent_id: int | None = None,
         dry_run: bool = False,
         episode_id: int | None = None,
+        replica: str | None = None,
     ) -> int:
         result = self.conn.execute(
             actions.insert().values(
+                replica=replica,
                 at=at,
                 cycle_id=cycle_id,
                 **ref.columns(),
@@ -269,90 +292,6 @@ class Tx:
         query = actions.select().where(actions.c.at >= since).order_by(actions.c.id)
         return [_row(ActionRow, r) for r in self.conn.execute(query)]
 
-    # -- the notification outbox ---------------------------------------------------------------
-    def enqueue(
-        self,
-        *,
-        at: datetime,
-        kind: str,
-        dedupe_key: str,
-        targets: Sequence[str],
-        message: Mapping[str, Any],
-        instance_key: str | None = None,
-    ) -> int:
-        """One row per target; a (dedupe_key, target) already queued is not queued again."""
-        existing = {
-            r.target
-            for r in self.conn.execute(
-                sa.select(outbox.c.target).where(outbox.c.dedupe_key == dedupe_key)
-            )
-        }
-        rows = [
-            {
-                "created_at": at,
-                "kind": kind,
-                "instance_key": instance_key,
-                "dedupe_key": dedupe_key,
-                "target": target,
-                "message": dict(message),
-                "attempts": 0,
-                "next_attempt_at": at,
-            }
-            for target in dict.fromkeys(targets)
-            if target not in existing
-        ]
-        if rows:
-            self.conn.execute(outbox.insert(), rows)
-        return len(rows)
-
-    def due_notifications(self, now: datetime, limit: int = 200) -> list[OutboxRow]:
-        query = (
-            outbox.select()
-            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
-            .where(outbox.c.next_attempt_at <= now)
-            .order_by(outbox.c.id)
-            .limit(limit)
-        )
-        return [_row(OutboxRow, r) for r in self.conn.execute(query)]
-
-    def pending_notifications(self) -> int:
-        query = sa.select(sa.func.count()).where(
-            outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None)
-        )
-        return int(self.conn.execute(query).scalar_one())
-
-    def mark_delivered(self, row_id: int, at: datetime) -> None:
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(delivered_at=at, attempts=outbox.c.attempts + 1, last_error=None)
-        )
-
-    def mark_failed(self, row_id: int, error: str, retry_at: datetime) -> None:
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.id == row_id)
-            .values(attempts=outbox.c.attempts + 1, last_error=error, next_attempt_at=retry_at)
-        )
-
-    def defer_target(self, target: str, until: datetime) -> None:
-        """Hold back every undelivered row of a failing channel until ``until`` (no attempt)."""
-        self.conn.execute(
-            outbox.update()
-            .where(outbox.c.target == target, outbox.c.next_attempt_at < until)
-            .where(outbox.c.delivered_at.is_(None), outbox.c.dropped_at.is_(None))
-            .values(next_attempt_at=until)
-        )
-
-    def mark_dropped(self, row_id: int, at: datetime, reason: str) -> None:
-        self.conn.execute(
-            outbox.update().where(outbox.c.id == row_id).values(dropped_at=at, last_error=reason)
-        )
-
-    def notifications_since(self, since: datetime) -> list[OutboxRow]:
-        query = outbox.select().where(outbox.c.created_at >= since).order_by(outbox.c.id)
-        return [_row(OutboxRow, r) for r in self.conn.execute(query)]
-
     # -- open conditions (e.g. a tripped circuit breaker), to alert on changes only ------------
     def open_conditions(self, prefix: str) -> dict[str, datetime]:
         query = conditions.select().where(conditions.c.key.startswith(prefix, autoescape=True))
@@ -363,6 +302,11 @@ class Tx:
 
     def close_condition(self, key: str) -> None:
         self.conn.execute(conditions.delete().where(conditions.c.key == key))
+
+
+# Held while migrating, so replicas started together on an empty database migrate one at a
+# time (the others then find the schema current); any constant works, this one spells "ggmig".
+MIGRATION_LOCK = 0x67676D6967
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -376,7 +320,8 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 class Store:
-    """The state database. Thread-safe: writers take one lock (SQLite has one writer anyway)."""
+    """The state database. Thread-safe. On SQLite writers take one lock (it has one writer
+    anyway); on PostgreSQL they run concurrently and the database's locks decide."""
 
     def __init__(self, url: str) -> None:
         self.url = url
@@ -385,11 +330,17 @@ class Store:
         except sa.exc.ArgumentError as exc:
             raise ConfigError(f"state_url: not a database URL: {exc}") from exc
         kwargs: dict[str, Any] = {"future": True}
+        self.is_postgres = parsed.get_backend_name() == "postgresql"
         if parsed.get_backend_name() == "sqlite":
             database = parsed.database or ""
             if database and database != ":memory:":
                 Path(database).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
             kwargs["connect_args"] = {"check_same_thread": False, "timeout": 10}
+        elif self.is_postgres:
+            # A connection that died with a server restart is replaced, not handed out; every
+            # unit worker may hold one; a server that does not answer fails in seconds.
+            kwargs.update(pool_pre_ping=True, pool_size=12, max_overflow=20, pool_timeout=30)
+            kwargs["connect_args"] = {"connect_timeout": 5}
         try:
             self.engine: Engine = sa.create_engine(parsed, **kwargs)
         except (ModuleNotFoundError, sa.exc.NoSuchModuleError) as exc:
@@ -399,7 +350,9 @@ class Store:
             ) from exc
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _sqlite_pragmas)
-        self._write_lock = threading.RLock()
+        self._write_lock: contextlib.AbstractContextManager[Any] = (
+            contextlib.nullcontext() if self.is_postgres else threading.RLock()
+        )
 
     @classmethod
     def open(cls, url: str) -> Store:
@@ -415,6 +368,8 @@ class Store:
         alembic_cfg = AlembicConfig()
         alembic_cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._write_lock, self.engine.begin() as conn:
+            if self.is_postgres:
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK})
             alembic_cfg.attributes["connection"] = conn
             command.upgrade(alembic_cfg, "head")
 

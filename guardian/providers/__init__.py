@@ -13,7 +13,7 @@ from typing import Protocol
 
 from guardian.model import GpuInstance, GpuUtilisation
 
-__all__ = ["Discovery", "Provider", "StopResult", "UnitError"]
+__all__ = ["Discovery", "Provider", "StopResult", "Unit", "UnitError", "UnitPlan"]
 
 
 @dataclass(frozen=True)
@@ -25,6 +25,41 @@ class UnitError:
     region: str
     operation: str
     message: str
+
+
+@dataclass(frozen=True, order=True)
+class Unit:
+    """The smallest piece of a cycle: one AWS account in one region, or one GCP project
+    (region ``global``: one aggregated list covers its zones). ``guardian run`` audits and
+    enforces unit by unit, several at once, and with PostgreSQL spreads them over replicas."""
+
+    provider: str
+    account: str
+    region: str
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.account}/{self.region}"
+
+    @classmethod
+    def from_key(cls, key: str) -> Unit:
+        provider, account, region = key.split("/", 2)
+        return cls(provider, account, region)
+
+    def covers(self, provider: str, account: str, region: str) -> bool:
+        """Whether an instance (or episode) of that provider, account and region is in it."""
+        if (provider, account) != (self.provider, self.account):
+            return False
+        return self.region in ("global", region)
+
+
+@dataclass(frozen=True)
+class UnitPlan:
+    """What a provider would audit now; accounts or projects that could not even be listed
+    or entered are ``errors`` (reported, and their instances left alone this cycle)."""
+
+    units: tuple[Unit, ...]
+    errors: tuple[UnitError, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -47,8 +82,15 @@ class Provider(Protocol):
 
     name: str
 
-    def discover(self) -> Discovery:
-        """Every running GPU instance in the configured scope; failed units in ``errors``."""
+    def units(self) -> UnitPlan:
+        """The units of the configured scope: accounts (an Organization's, found now) × their
+        regions, or projects (a folder's, found now). Cheap enough for every cycle: listings
+        are cached by the provider."""
+        ...
+
+    def discover(self, units: Sequence[Unit] | None = None) -> Discovery:
+        """Every running GPU instance in ``units`` (None: the whole configured scope); units
+        that failed are in ``errors``."""
         ...
 
     def utilisation(

@@ -145,6 +145,14 @@ class _Handler(BaseHTTPRequestHandler):
         raise _HttpError(404, f"The requested URL {path} was not found on this server.", "notFound")
 
     def _fail_for(self, project: str) -> None:
+        if project in self.state.compute_disabled:
+            raise _HttpError(
+                403,
+                f"Compute Engine API has not been used in project {project} before or it is "
+                "disabled. Enable it by visiting https://console.developers.google.com/apis/api/"
+                f"compute.googleapis.com/overview?project={project} then retry.",
+                "accessNotConfigured",
+            )
         failure = self.state.fail_projects.get(project)
         if failure is not None:
             code, message = failure

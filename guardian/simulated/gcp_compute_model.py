@@ -146,6 +146,7 @@ class FakeComputeState:
     extra_zones: tuple[str, ...] = ("europe-west4-a", "asia-east1-c")  # empty zones, warnings
     page_size: int = 500  # the fake's own cap on items per page, below the client's maxResults
     fail_projects: dict[str, tuple[int, str]] = field(default_factory=dict)  # project → (HTTP, msg)
+    compute_disabled: set[str] = field(default_factory=set)  # projects without the Compute API
     fail_machine_types: tuple[int, str] | None = None
     unreachable_zones: set[str] = field(default_factory=set)
     operation_polls: int = 1  # zone operation polls before a stop is DONE

@@ -31,7 +31,7 @@ def test_migrations_build_exactly_the_schema_the_code_uses(store: Store) -> None
     with store.engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), metadata) == []
         version = conn.execute(sa.text("SELECT version_num FROM alembic_version")).scalar_one()
-    assert version == "0001"
+    assert version == "0002"
 
 
 def test_opening_again_keeps_the_data_and_migrates_nothing(tmp_path: Path) -> None:

@@ -27,6 +27,7 @@ from guardian.providers.aws.parse_gate import ParseGate
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
     from mypy_boto3_ec2 import EC2Client
+    from mypy_boto3_organizations import OrganizationsClient
     from mypy_boto3_sts import STSClient
 
 __all__ = ["AccountAccess", "AwsClients", "CallCounter", "account_from_role_arn"]
@@ -217,6 +218,12 @@ class AwsClients:
     ) -> CloudWatchClient: ...
     def client(self, access: AccountAccess, service: str, region: str) -> Any:
         return self._client(access, service, region)
+
+    def organizations(self) -> OrganizationsClient:
+        """Organizations with the default credentials (the management or a delegated admin
+        account): a global service, answered in the home region's endpoint."""
+        client: OrganizationsClient = self._client(None, "organizations", self.home_region)
+        return client
 
     def sts(self) -> STSClient:
         client: STSClient = self._client(None, "sts", self.home_region)

@@ -21,16 +21,12 @@ import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from guardian.config import Config
+from guardian.config import AwsOrganizationAccounts, Config
 from guardian.errors import AuthError, GuardianError
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric
-from guardian.providers import Discovery, StopResult, UnitError
-from guardian.providers.aws.clients import (
-    AccountAccess,
-    AwsClients,
-    CallCounter,
-    account_from_role_arn,
-)
+from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
+from guardian.providers.aws.accounts import AccountDirectory
+from guardian.providers.aws.clients import AccountAccess, AwsClients, CallCounter
 from guardian.providers.aws.discovery import GpuTypeCatalog, discover_region
 from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.aws.limits import AwsLimits
@@ -179,6 +175,7 @@ class AwsProvider:
             tuple(instance_series),
         )
         self._regions: dict[str, tuple[float, list[str]]] = {}  # account → enabled regions
+        self._directory = AccountDirectory(config.aws, self._clients, self._unit_error)
 
     @property
     def api_calls(self) -> dict[str, int]:
@@ -187,22 +184,40 @@ class AwsProvider:
 
     # -- discovery ------------------------------------------------------------------------------
 
-    def discover(self) -> Discovery:
+    def units(self) -> UnitPlan:
+        """Every (account, region) to audit: the accounts entered now (an Organization's listed,
+        at most hourly), each with its regions (``all``: that account's enabled regions, read
+        at most daily). Accounts that cannot be entered are the plan's errors."""
+        errors: list[UnitError] = []
+        accesses = self._directory.resolve(errors)
+        with self._pool(len(accesses)) as pool:
+            regions = [(a, pool.submit(self._enabled_regions, a)) for a in accesses]
+        units: list[Unit] = []
+        for access, future in regions:
+            try:
+                units.extend(Unit(self.name, access.account_id, r) for r in future.result())
+            except Exception as exc:
+                errors.append(self._unit_error(exc, access.account_id, "*", "ec2:DescribeRegions"))
+        return UnitPlan(tuple(units), tuple(errors))
+
+    def discover(self, units: Sequence[Unit] | None = None) -> Discovery:
         before = self._clients.counter.snapshot()
         started = time.monotonic()
         errors: list[UnitError] = []
-        units: list[tuple[AccountAccess, str]] = []
-        for access in self._accounts(errors):
+        if units is None:
+            plan = self.units()
+            errors.extend(plan.errors)
+            units = plan.units
+        pairs: list[tuple[AccountAccess, str]] = []
+        for unit in units:
             try:
-                regions = self._enabled_regions(access)
+                pairs.append((self._access(unit.account), unit.region))
             except Exception as exc:
-                errors.append(self._unit_error(exc, access.account_id, "*", "ec2:DescribeRegions"))
-                continue
-            units.extend((access, region) for region in regions)
+                errors.append(self._unit_error(exc, unit.account, unit.region, "sts:AssumeRole"))
         # Clients are made here, on one thread, before the workers share them.
-        clients = [(a, r, self._clients.client(a, "ec2", r)) for a, r in units]
+        clients = [(a, r, self._clients.client(a, "ec2", r)) for a, r in pairs]
         instances: list[GpuInstance] = []
-        with self._pool(len(units)) as pool:
+        with self._pool(len(pairs)) as pool:
             futures = [
                 (access, region, pool.submit(self._discover_unit, access, region, ec2))
                 for access, region, ec2 in clients
@@ -219,7 +234,7 @@ class AwsProvider:
         log.debug(
             "aws_discovered",
             instances=len(instances),
-            units=len(units),
+            units=len(pairs),
             failed_units=len(errors),
             api_calls=sum(calls.values()),
             seconds=round(time.monotonic() - started, 3),
@@ -238,23 +253,6 @@ class AwsProvider:
             owner_tags=self._config.owner_tags,
             limits=self._limits,
         )
-
-    def _accounts(self, errors: list[UnitError]) -> list[AccountAccess]:
-        """The accounts to audit: assumed roles, or the default credentials' own account."""
-        if not self._config.aws.accounts:
-            try:
-                return [self._clients.default_account()]
-            except Exception as exc:
-                errors.append(self._unit_error(exc, "default", "*", "sts:GetCallerIdentity"))
-                return []
-        accesses = []
-        for account in self._config.aws.accounts:
-            try:
-                accesses.append(self._clients.role_account(account))
-            except Exception as exc:
-                account_id = account_from_role_arn(account.role_arn)
-                errors.append(self._unit_error(exc, account_id, "*", "sts:AssumeRole"))
-        return accesses
 
     def _enabled_regions(self, access: AccountAccess) -> list[str]:
         regions = self._config.aws.regions
@@ -414,7 +412,7 @@ class AwsProvider:
         try:
             return self._clients.account(account_id)
         except AuthError:
-            self._accounts([])  # a stop before any discovery: learn the accounts, then retry
+            self._directory.resolve([])  # a unit or stop before any plan: enter the accounts
             return self._clients.account(account_id)
 
     def _pool(self, tasks: int) -> ThreadPoolExecutor:
@@ -445,6 +443,16 @@ def probe_credentials(config: Config, *, session: boto3.Session | None = None) -
         arn, account = clients.default_identity()
         parts = [f"{arn} (account {account})"]
         operation = "sts:AssumeRole"
+        if isinstance(config.aws.accounts, AwsOrganizationAccounts):
+            operation = "organizations:ListAccounts"
+            errors: list[UnitError] = []
+            directory = AccountDirectory(config.aws, clients, _probe_error)
+            entered = directory.resolve(errors)
+            if errors and not entered:
+                raise AuthError(errors[0].message, provider="aws", operation=errors[0].operation)
+            parts.append(f"organization: {len(entered)} accounts entered")
+            parts.extend(f"account {e.account} not entered: {e.message}" for e in errors)
+            return "; ".join(parts)
         for configured in config.aws.accounts:
             access = clients.role_account(configured)
             parts.append(f"role {configured.role_arn} assumed (account {access.account_id})")
@@ -453,3 +461,10 @@ def probe_credentials(config: Config, *, session: boto3.Session | None = None) -
         raise map_aws_error(exc, operation=operation) from exc
     finally:
         clients.close()
+
+
+def _probe_error(exc: BaseException, account: str, region: str, operation: str) -> UnitError:
+    error = map_aws_error(
+        exc, operation=_operation(exc, operation.split(":", maxsplit=1)[0], operation)
+    )
+    return UnitError("aws", account, region, error.operation or operation, str(error))

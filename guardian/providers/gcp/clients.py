@@ -87,6 +87,9 @@ class GcpClients:
         self._compute = parse_endpoint("compute_endpoint", config.compute_endpoint)
         self._monitoring = parse_endpoint("monitoring_endpoint", config.monitoring_endpoint)
         self._billing = parse_endpoint("billing_endpoint", config.billing_endpoint)
+        self._resource_manager = parse_endpoint(
+            "resource_manager_endpoint", config.resource_manager_endpoint
+        )
         self._cache: dict[str, Any] = {}
         self._channels: list[Any] = []
         self._lock = threading.Lock()
@@ -142,6 +145,32 @@ class GcpClients:
             )
 
         return self._get("catalog", build)
+
+    def folders(self) -> Any:
+        def build() -> Any:
+            from google.cloud import resourcemanager_v3
+            from google.cloud.resourcemanager_v3.services.folders.transports import (
+                FoldersGrpcTransport,
+            )
+
+            return self._grpc_client(
+                resourcemanager_v3.FoldersClient, FoldersGrpcTransport, self._resource_manager
+            )
+
+        return self._get("folders", build)
+
+    def projects(self) -> Any:
+        def build() -> Any:
+            from google.cloud import resourcemanager_v3
+            from google.cloud.resourcemanager_v3.services.projects.transports import (
+                ProjectsGrpcTransport,
+            )
+
+            return self._grpc_client(
+                resourcemanager_v3.ProjectsClient, ProjectsGrpcTransport, self._resource_manager
+            )
+
+        return self._get("projects", build)
 
     def _grpc_client(
         self, client_class: Any, transport_class: Any, endpoint: Endpoint | None

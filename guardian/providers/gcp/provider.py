@@ -24,7 +24,7 @@ import structlog
 from guardian.config import Config
 from guardian.errors import ConfigError
 from guardian.model import GpuInstance, GpuUtilisation
-from guardian.providers import Discovery, StopResult, UnitError
+from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
 from guardian.providers.gcp.clients import GcpClients, resolve_credentials
 from guardian.providers.gcp.discovery import (
     AcceleratorSpec,
@@ -41,6 +41,7 @@ from guardian.providers.gcp.metrics import (
     fetch_project_series,
     utilisation_for,
 )
+from guardian.providers.gcp.projects import ProjectDirectory, compute_disabled
 
 __all__ = ["GcpProvider", "probe_credentials"]
 
@@ -72,17 +73,16 @@ class GcpProvider:
             )
         credentials, adc_project = resolve_credentials(config.gcp)
         self.credentials_description = _describe_credentials(credentials)
-        projects = list(dict.fromkeys(config.gcp.projects)) or (
-            [adc_project] if adc_project else []
-        )
-        if not projects:
-            raise ConfigError(
-                "gcp.projects: list at least one project id (the credentials name no default)"
-            )
-        self.projects: tuple[str, ...] = tuple(projects)
         self._clients = GcpClients(config.gcp, credentials)
         self._machine_types = MachineTypeAccelerators(clock)
         self._api_deadline_s = api_deadline_s
+        self._directory = ProjectDirectory(
+            config.gcp,
+            self._clients,
+            adc_project,
+            retry=self._retry,
+            timeout_s=min(30.0, api_deadline_s),
+        )
         self._stop_timeout_s = stop_timeout_s
         self._max_workers = max(1, max_workers)
         # Per-instance series read beside the GPUs' (host CPU, the agent's signals).
@@ -159,21 +159,40 @@ class GcpProvider:
             )
         return answers
 
-    def discover(self) -> Discovery:
+    @property
+    def projects(self) -> tuple[str, ...]:
+        """The projects audited now (below a folder: as last listed)."""
+        return self._directory.resolve().projects
+
+    def units(self) -> UnitPlan:
+        """One unit per project: its aggregated list covers every zone."""
+        tree = self._directory.resolve()
+        self._count(tree.api_calls)
+        return UnitPlan(tuple(Unit(self.name, p, "global") for p in tree.projects), tree.errors)
+
+    def discover(self, units: Sequence[Unit] | None = None) -> Discovery:
         errors: list[UnitError] = []
         calls: Counter[str] = Counter()
         listings: list[ProjectListing] = []
-        workers = min(self._max_workers, len(self.projects))
+        if units is None:
+            plan = self.units()
+            errors.extend(plan.errors)
+            units = plan.units
+        projects = list(dict.fromkeys(u.account for u in units if u.provider == self.name))
+        workers = max(1, min(self._max_workers, len(projects)))
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcp-discover") as pool:
-            futures = {p: pool.submit(self._list_project, p) for p in self.projects}
+            futures = {p: pool.submit(self._list_project, p) for p in projects}
         for project, future in futures.items():
             try:
                 listing = future.result()
             except Exception as exc:  # one project's failure never stops the others
+                calls["compute.instances.aggregatedList"] += 1
+                if compute_disabled(exc):  # no Compute API, so no VMs: nothing to report
+                    log.info("gcp_compute_disabled", project=project)
+                    continue
                 error = map_google_error(exc, "instances.aggregatedList")
                 log.warning("gcp_discovery_failed", project=project, error=str(error))
                 errors.append(UnitError("gcp", project, "global", error.operation, str(error)))
-                calls["compute.instances.aggregatedList"] += 1
                 continue
             listings.append(listing)
             errors.extend(listing.errors)
@@ -188,7 +207,7 @@ class GcpProvider:
         ]
         self._count(dict(calls))
         instances.sort(key=lambda i: i.key)
-        log.debug("gcp_discovered", projects=len(self.projects), instances=len(instances))
+        log.debug("gcp_discovered", projects=len(projects), instances=len(instances))
         return Discovery(tuple(instances), tuple(errors), dict(calls))
 
     # --- utilisation ---------------------------------------------------------------------
