@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from guardian.errors import ProviderError
 from guardian.model import GpuInstance, GpuSample, GpuUtilisation
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
@@ -73,6 +74,9 @@ class FakeProvider:
     name: str = "aws"
     stopped: list[str] = field(default_factory=list)
     utilisation_calls: int = 0
+    stop_protected: set[str] = field(default_factory=set)  # instance keys with DisableApiStop
+    protection_reads: list[str] = field(default_factory=list)  # keys asked about, in order
+    describe_calls: int = 0
 
     def discover(self) -> Discovery:
         return Discovery(tuple(self.instances), tuple(self.errors))
@@ -95,6 +99,19 @@ class FakeProvider:
     def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
         self.stopped.append(instance.key)
         return StopResult(instance.key, True, "hibernate" if hibernate else "stop")
+
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        self.describe_calls += 1
+        for found in self.instances:
+            if found.instance_id == instance.instance_id:
+                return found
+        if self.errors:
+            raise ProviderError(self.errors[0].message, provider=self.name)
+        raise ProviderError(f"instance {instance.instance_id} not found", provider=self.name)
+
+    def stop_protection(self, instance: GpuInstance) -> bool | None:
+        self.protection_reads.append(instance.key)
+        return instance.key in self.stop_protected
 
     def close(self) -> None:
         pass

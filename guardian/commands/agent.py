@@ -78,6 +78,7 @@ def build_agent(
     """
     from guardian.agent.autostop import Alerter, Autostop, CloudTarget, default_wall_command
     from guardian.agent.gpu.nvml import BACKEND_ENV, Nvml, load_backend
+    from guardian.agent.local_disks import LocalDiskProbe
     from guardian.agent.loop import Agent, SampleWindow, agent_horizon, boot_time, local_instance
 
     SampleWindow(agent_horizon(config), config.agent.interval)  # validates the interval early
@@ -146,22 +147,24 @@ def build_agent(
         autostop=autostop,
         run_dir=run_dir,
         backend=spec,
+        # What a stop would wipe: published with the GPU metrics, and autostop's own gate.
+        local_disks=LocalDiskProbe() if identity is not None else None,
     )
     return agent, providers
 
 
 def own_provider(config: Config, cloud: str, region: str, account: str, **options: Any) -> Provider:
     """The provider scoped to this one machine's region or project, with its own credentials
-    (the instance role / service account), not the daemon's list of accounts."""
+    (the instance role / service account), not the daemon's list of accounts. Autostop only
+    describes and stops its own instance: it reads no metrics."""
+    from guardian.providers.factory import build_provider
+
+    options.setdefault("instance_series", ())
     if cloud == "aws":
-        from guardian.providers.aws.provider import AwsProvider
-
         aws = config.aws.model_copy(update={"enabled": True, "regions": [region], "accounts": []})
-        return AwsProvider(config.model_copy(update={"aws": aws}), **options)
-    from guardian.providers.gcp.provider import GcpProvider
-
+        return build_provider(config.model_copy(update={"aws": aws}), "aws", **options)
     gcp = config.gcp.model_copy(update={"enabled": True, "projects": [account]})
-    return GcpProvider(config.model_copy(update={"gcp": gcp}), **options)
+    return build_provider(config.model_copy(update={"gcp": gcp}), "gcp", **options)
 
 
 def run_agent(config: Config, *, backend: str | None, run_dir: RunDir, polls: int | None) -> None:
@@ -351,6 +354,13 @@ def render_status(doc: dict[str, Any]) -> list[str]:
         lines.append(f"autostop: {stop['message']}")
     if doc.get("keep_until"):
         lines.append(f"kept until: {doc['keep_until']} (guardian agent keep)")
+    disks = doc.get("local_disks")
+    if disks:
+        mounted = ", ".join(disks.get("mounts") or []) or "nothing mounted"
+        lines.append(
+            f"local disks: {', '.join(disks.get('devices') or [])} ({mounted}); "
+            f"{_num(disks.get('used_mib'), ' MiB')} in use beyond empty filesystems"
+        )
     lines.append(f"driver: {doc.get('driver_version') or '?'}")
     for problem in doc.get("problems") or []:
         lines.append(f"problem: {problem}")

@@ -3,6 +3,10 @@
 Per cycle, on the findings of ``audit_cycle``: reconcile stops a crash interrupted, check the
 circuit breaker, walk each instance through ``ladder.next_step`` (one warning per episode) and,
 at the deadline, stop what is still idle — unless a gate blocks it, with the reason recorded.
+Idle instances that a controller owns, that run in reserved capacity or that have stop
+protection are never walked up the ladder: ``daemon.owned`` reports them by group, once per
+idle episode, with the knob that saves the money. A plain Auto Scaling group's member is put
+into Standby before its stop when ``enforce.autoscaling_groups: standby`` allows it.
 A stop writes its intent before the provider call and its outcome after, so a crash between the
 two is reconciled on restart, never repeated blindly and never lost. Never terminates or deletes.
 """
@@ -10,7 +14,7 @@ two is reconciled on restart, never repeated blindly and never lost. Never termi
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -30,11 +34,29 @@ from guardian.daemon.messages import (
     warning_message,
 )
 from guardian.daemon.notify import Notifier
+from guardian.daemon.owned import (
+    GATED,
+    GROUP,
+    Gated,
+    OwnedAlerts,
+    group_key,
+    protection_block,
+    scaling_group_block,
+)
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
 from guardian.errors import GuardianError
-from guardian.model import Finding, GpuInstance, Verdict
-from guardian.policy import Step, instance_block, next_step, permanent_block
-from guardian.providers import Provider, UnitError
+from guardian.model import Controller, Finding, GpuInstance, Verdict
+from guardian.policy import (
+    STANDBY_STOP,
+    Block,
+    Step,
+    instance_block,
+    next_step,
+    ownership_block,
+    permanent_block,
+    standby_eligible,
+)
+from guardian.providers import Provider, ScalingGroups, StopResult, UnitError
 
 __all__ = ["EnforceSummary", "Enforcer"]
 
@@ -85,6 +107,9 @@ class _Cycle:
     summary: EnforceSummary
     tripped: set[str] = field(default_factory=set)
     stops: int = 0  # stop attempts so far (real or dry-run), for limits.max_stops_per_cycle
+    gated: dict[str, Gated] = field(default_factory=dict)  # idle behind a permanent gate
+    stop_protected: set[str] = field(default_factory=set)  # instance keys known protected
+    standby_room: Counter[str] = field(default_factory=Counter)  # Standbys taken per group
 
 
 class Enforcer:
@@ -95,6 +120,7 @@ class Enforcer:
         self._store = store
         self._notifier = notifier
         self._providers = {provider.name: provider for provider in providers}
+        self._owned = OwnedAlerts(store, self._providers)
 
     def run(self, result: CycleResult, now: datetime, cycle_id: str) -> EnforceSummary:
         """Act on one cycle's findings at ``now`` — the time after the audit, so the time an
@@ -106,12 +132,84 @@ class Enforcer:
         cyc.tripped = self._circuit_breaker(result.findings, cyc)
         with self._store.reader() as tx:
             open_episodes = tx.open_episodes()
+            protected = tx.open_conditions(f"{GATED}stop_protection:")
+            open_groups = tx.open_conditions(GROUP)
+        cyc.stop_protected = {key.split(":", 2)[2] for key in protected}
+        self._owned.load_groups(self._groups_wanted(result.findings, open_groups))
         for finding in result.findings:  # most wasteful first: they get the stop budget
             episode = open_episodes.pop(finding.instance.key, None)
             with structlog.contextvars.bound_contextvars(instance_id=finding.instance.instance_id):
-                self._step(finding, episode, cyc)
+                block = self._owned_block(finding, cyc)
+                if block is not None:
+                    self._leave_to_owner(finding, episode, block, cyc)
+                else:
+                    self._step(finding, episode, cyc)
         self._close_vanished(open_episodes.values(), result, cyc)
+        recorded = self._owned.settle(
+            cyc.gated,
+            result,
+            lambda ref: _unit_failed(result, ref) is not None,
+            now=cyc.now,
+            record=lambda tx, ref, action, **fields: self._record(tx, cyc, ref, action, **fields),
+            alert=lambda tx, message, key, inst: self._alert(tx, cyc, message, key, inst),
+        )
+        cyc.summary.blocked.update(recorded)
         return cyc.summary
+
+    # -- instances left to their owner: a controller, a reservation, stop protection ------------
+    def _groups_wanted(
+        self, findings: Sequence[Finding], open_groups: Mapping[str, datetime]
+    ) -> dict[tuple[str, str, str], set[str]]:
+        """Auto Scaling groups whose capacity this cycle needs: Standby mode's members (is there
+        room above the minimum?) and groups whose alert goes out now (min / desired in it)."""
+        wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        for finding in findings:
+            inst = finding.instance
+            owner = inst.managed_by
+            if finding.decision.verdict is not Verdict.IDLE or owner is None:
+                continue
+            if owner.kind is not Controller.AUTOSCALING_GROUP or inst.reserved:
+                continue
+            alerting = f"{GROUP}{group_key(inst, 'managed')}" not in open_groups
+            if standby_eligible(inst, self._config) or alerting:
+                wanted[(inst.provider, inst.account, inst.region)].add(owner.name)
+        return wanted
+
+    def _owned_block(self, finding: Finding, cyc: _Cycle) -> Block | None:
+        """The permanent gate that hands an idle instance to the group pass, if any."""
+        inst = finding.instance
+        if finding.decision.verdict is not Verdict.IDLE or self._config.mode is Mode.AUDIT:
+            return None
+        if _unit(inst) in cyc.tripped:
+            return None  # the breaker speaks for the whole unit; nothing else is said
+        block = ownership_block(inst, self._config)
+        if block is not None:
+            return block
+        group = self._owned.group_of(inst)
+        if standby_eligible(inst, self._config) and group is not None:
+            taken = cyc.standby_room[group.name]
+            if inst.instance_id not in group.standby and group.desired - taken <= group.min_size:
+                return scaling_group_block(inst, group)
+        if inst.key in cyc.stop_protected:
+            return protection_block(inst)
+        return None
+
+    def _leave_to_owner(
+        self, finding: Finding, episode: EpisodeRow | None, block: Block, cyc: _Cycle
+    ) -> None:
+        inst = finding.instance
+        if episode is not None and episode.stop_state is None:  # warned before it was known
+            with self._store.transaction() as tx:
+                tx.close_episode(episode.id, cyc.now, f"alert_only:{block.reason}")
+                self._record(
+                    tx,
+                    cyc,
+                    InstanceRef.of(inst),
+                    "close",
+                    reason=f"alert-only from now on: {block.detail}",
+                    episode_id=episode.id,
+                )
+        cyc.gated[inst.key] = Gated(finding, block, group_key(inst, block.reason))
 
     # -- small helpers: every log row and alert carries the cycle's time and id ---------------
     def _record(self, tx: Tx, cyc: _Cycle, ref: InstanceRef, action: str, **fields: Any) -> int:
@@ -142,7 +240,13 @@ class Enforcer:
         elif step is Step.RESUMED and episode is not None:
             self._resume(finding, episode, cyc)
         elif step is Step.STOP and episode is not None and self._config.mode is Mode.ENFORCE:
-            stale = self._stale_reason(finding, episode, cyc.audited_at)
+            blocked = self._gate(finding, cyc) if episode.stop_state is None else None
+            if blocked is not None and blocked[2] and episode.promise != "alert":
+                # A stop was promised, but a permanent gate stands now (its local disks filled
+                # up, say): keeping the promise is unsafe, so say once that it is not kept.
+                self._block(finding, episode, blocked, cyc)
+                return
+            stale = self._stale_reason(finding, episode, cyc)
             if stale is not None:
                 with self._store.transaction() as tx:
                     tx.close_episode(episode.id, cyc.now, "rewarn")
@@ -156,18 +260,35 @@ class Enforcer:
                     )
                 self._warn(finding, cyc)
             elif episode.stop_state is None:  # else acted on already: blocked for good, dry run
-                blocked = self._gate(finding, cyc)
                 if blocked is not None:
                     self._block(finding, episode, blocked, cyc)
                 else:
                     cyc.stops += 1
                     self._stop(finding, episode, cyc)
 
-    def _promise(self, inst: GpuInstance) -> str:
+    def _permanent(self, finding: Finding, cyc: _Cycle) -> Block | None:
+        return permanent_block(
+            finding.instance, self._config, now=cyc.now, local_disk=finding.local_disk_used
+        )
+
+    def _promise(self, finding: Finding, cyc: _Cycle) -> str:
         """What a warning given now promises: a stop, a dry-run stop, or an alert only."""
-        if self._config.mode is not Mode.ENFORCE or permanent_block(inst, self._config) is not None:
+        if self._config.mode is not Mode.ENFORCE or self._permanent(finding, cyc) is not None:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
+
+    def _stop_protected(self, finding: Finding, cyc: _Cycle) -> bool:
+        """Before a warning that promises a stop: one DescribeInstanceAttribute. A protected
+        instance goes to the group pass (and its open condition spares later cycles the call)."""
+        inst = finding.instance
+        provider = self._providers.get(inst.provider)
+        if provider is None or provider.stop_protection(inst) is not True:
+            return False  # unreadable: warn; a refused stop is then recorded once, for good
+        cyc.stop_protected.add(inst.key)
+        block = protection_block(inst)
+        cyc.gated[inst.key] = Gated(finding, block, group_key(inst, block.reason))
+        log.info("stop_protection_found")
+        return True
 
     def _warn(self, finding: Finding, cyc: _Cycle) -> None:
         inst = finding.instance
@@ -175,8 +296,11 @@ class Enforcer:
             log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
             return
         deadline = cyc.now + self._config.idle.grace
-        block = permanent_block(inst, self._config)
-        promise = self._promise(inst)
+        block = self._permanent(finding, cyc)
+        promise = self._promise(finding, cyc)
+        if promise != "alert" and self._stop_protected(finding, cyc):
+            return
+        group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
         message = warning_message(
             finding,
             now=cyc.now,
@@ -185,6 +309,7 @@ class Enforcer:
             dry_run=self._config.dry_run,
             alert_only_reason=block.detail if block else None,
             instance_store_loss=inst.has_instance_store and promise != "alert",
+            standby_group=inst.managed_by.name if group is not None and inst.managed_by else None,
         )
         with self._store.transaction() as tx:
             episode_id = tx.open_episode(InstanceRef.of(inst), cyc.now, deadline, promise)
@@ -219,9 +344,7 @@ class Enforcer:
         cyc.summary.resumed += 1
         log.info("instance_resumed", verdict=verdict.value)
 
-    def _stale_reason(
-        self, finding: Finding, episode: EpisodeRow, audited_at: datetime
-    ) -> str | None:
+    def _stale_reason(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> str | None:
         """Why the warning no longer covers a stop now, if it does not.
 
         The warning must have promised this stop (settings may have changed since), and the
@@ -229,7 +352,8 @@ class Enforcer:
         has to start before it. A run that starts later means it was busy in between — e.g.
         while the daemon was down — so it gets a fresh warning and a fresh grace period.
         """
-        if episode.promise != self._promise(finding.instance):
+        audited_at = cyc.audited_at
+        if episode.promise != self._promise(finding, cyc):
             return f"the warning promised {episode.promise!r}; the settings now differ"
         decision = finding.decision
         if decision.idle_minutes is None or decision.newest_sample_age_s is None:
@@ -247,7 +371,14 @@ class Enforcer:
     def _gate(self, finding: Finding, cyc: _Cycle) -> tuple[str, str, bool] | None:
         """The first safety gate that blocks a stop: (reason, explanation, for good)."""
         inst = finding.instance
-        block = instance_block(inst, self._config, cyc.now)  # this cycle's tags, right now
+        block = instance_block(  # this cycle's tags and local-disk reading, right now
+            inst, self._config, cyc.now, local_disk=finding.local_disk_used
+        )
+        group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
+        if block is None and group is not None:
+            taken = cyc.standby_room[group.name]
+            if inst.instance_id not in group.standby and group.desired - taken <= group.min_size:
+                block = scaling_group_block(inst, group)
         if block is not None:
             return block.reason, block.detail, block.permanent
         if _unit(inst) in cyc.tripped:
@@ -293,7 +424,10 @@ class Enforcer:
         inst = finding.instance
         ref = InstanceRef.of(inst)
         hibernate = self._config.enforce.hibernate and inst.hibernation_configured
-        action = "hibernate" if hibernate else "stop"
+        provider = self._providers[inst.provider]
+        standby = standby_eligible(inst, self._config) and isinstance(provider, ScalingGroups)
+        group_name = inst.managed_by.name if standby and inst.managed_by else None
+        action = STANDBY_STOP if standby else "hibernate" if hibernate else "stop"
         why = f"idle past its deadline {episode.deadline:%Y-%m-%d %H:%M:%S} UTC"
         if self._config.dry_run:
             with self._store.transaction() as tx:
@@ -308,7 +442,9 @@ class Enforcer:
                     episode_id=episode.id,
                 )
                 tx.update_episode(episode.id, stop_state="would_stop")
-                message = stopped_message(finding, action=action, dry_run=True)
+                message = stopped_message(
+                    finding, action=action, dry_run=True, standby_group=group_name
+                )
                 # Owners hear nothing of a dry run: the notifier sends it to the channels only.
                 self._alert(tx, cyc, message, f"would_stop:{episode.id}")
             cyc.summary.stops[(action, True)] += 1
@@ -318,10 +454,11 @@ class Enforcer:
             intent_id = self._record(
                 tx, cyc, ref, action, phase="intent", reason=why, episode_id=episode.id
             )
-        ok, detail = False, ""
+        ok, detail, refused = False, "", False
         try:
-            result = self._providers[inst.provider].stop(inst, hibernate=hibernate)
+            result = self._call_stop(provider, inst, cyc, hibernate=hibernate, standby=standby)
             ok, detail, action = result.ok, result.message, result.action or action
+            refused = result.permanent and not ok
         except GuardianError as exc:
             detail = str(exc)
         except Exception as exc:  # an SDK bug must not lose the outcome of an attempted stop
@@ -341,19 +478,40 @@ class Enforcer:
             )
             if ok:
                 tx.close_episode(episode.id, cyc.now, "stopped" if action == "stop" else action)
-                message = stopped_message(finding, action=action, dry_run=False)
+                message = stopped_message(
+                    finding, action=action, dry_run=False, standby_group=group_name
+                )
                 self._alert(tx, cyc, message, f"stopped:{intent_id}", inst)
+            elif refused:  # for good: recorded once, never retried this episode
+                tx.update_episode(
+                    episode.id, stop_error=detail, stop_state="blocked", blocked_reason="refused"
+                )
+                message = stop_failed_message(finding, detail, retried=False)
+                self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
             else:
                 tx.update_episode(episode.id, stop_error=detail)
                 if episode.stop_error != detail:  # one alert per distinct error, not per cycle
                     message = stop_failed_message(finding, detail)
                     self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
+        if refused:  # a stop the cloud refuses for good takes no slot of max_stops_per_cycle
+            cyc.stops -= 1
+            cyc.summary.blocked["refused"] += 1
         if ok:
             cyc.summary.stops[(action, False)] += 1
             log.warning("instance_stopped", action=action, intent_id=intent_id)
         else:
             cyc.summary.stop_failures[inst.provider] += 1
             log.error("stop_failed", action=action, intent_id=intent_id, error=detail)
+
+    def _call_stop(
+        self, provider: Provider, inst: GpuInstance, cyc: _Cycle, *, hibernate: bool, standby: bool
+    ) -> StopResult:
+        if not (standby and isinstance(provider, ScalingGroups)):
+            return provider.stop(inst, hibernate=hibernate)
+        group = self._owned.group_of(inst)
+        if group is not None and inst.instance_id not in group.standby:
+            cyc.standby_room[group.name] += 1  # one less above the minimum, this cycle
+        return provider.standby_and_stop(inst, hibernate=hibernate)
 
     # -- housekeeping around the ladder --------------------------------------------------------
     def _reconcile(self, result: CycleResult, cyc: _Cycle) -> None:

@@ -20,7 +20,8 @@ from guardian.cycle import audit_cycle
 from guardian.errors import AuthError, ConfigError
 from guardian.model import GpuInstance, Lifecycle, Verdict
 from guardian.prices import PriceCatalog
-from guardian.providers.gcp.provider import GcpProvider, probe_credentials
+from guardian.providers.gcp.probe import probe_credentials
+from guardian.providers.gcp.provider import GcpProvider
 from tests.fakes.gcp_compute import (
     DEFAULT_MACHINE_TYPES,
     FakeComputeServer,

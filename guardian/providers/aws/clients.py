@@ -20,8 +20,9 @@ import boto3
 from botocore.config import Config as BotoConfig
 from botocore.utils import parse_timestamp
 
-from guardian.config import AwsAccount
+from guardian.config import AwsAccount, Config
 from guardian.errors import AuthError
+from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.aws.parse_gate import ParseGate
 
 if TYPE_CHECKING:
@@ -29,7 +30,13 @@ if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
     from mypy_boto3_sts import STSClient
 
-__all__ = ["AccountAccess", "AwsClients", "CallCounter", "account_from_role_arn"]
+__all__ = [
+    "AccountAccess",
+    "AwsClients",
+    "CallCounter",
+    "account_from_role_arn",
+    "probe_credentials",
+]
 
 ROLE_SESSION_NAME = "gpu-guardian"
 # Assume a role again this long before its credentials expire, so no call runs on stale keys.
@@ -215,6 +222,10 @@ class AwsClients:
     def client(
         self, access: AccountAccess, service: Literal["cloudwatch"], region: str
     ) -> CloudWatchClient: ...
+    @overload
+    def client(
+        self, access: AccountAccess, service: Literal["autoscaling"], region: str
+    ) -> Any: ...
     def client(self, access: AccountAccess, service: str, region: str) -> Any:
         return self._client(access, service, region)
 
@@ -251,3 +262,27 @@ class AwsClients:
             for client in self._clients.values():
                 client.close()
             self._clients.clear()
+
+
+def probe_credentials(config: Config, *, session: boto3.Session | None = None) -> str:
+    """Who the default credentials are, and that every configured role can be assumed.
+
+    ``arn:aws:iam::123456789012:user/me (account 123456789012)``; raises ``AuthError`` and
+    friends with a one-line message (``guardian check-config --probe`` prints it).
+    """
+    regions = config.aws.regions
+    home = regions[0] if isinstance(regions, list) and regions else "us-east-1"
+    clients = AwsClients(session, home_region=home)
+    operation = "sts:GetCallerIdentity"
+    try:
+        arn, account = clients.default_identity()
+        parts = [f"{arn} (account {account})"]
+        operation = "sts:AssumeRole"
+        for configured in config.aws.accounts:
+            access = clients.role_account(configured)
+            parts.append(f"role {configured.role_arn} assumed (account {access.account_id})")
+        return "; ".join(parts)
+    except Exception as exc:
+        raise map_aws_error(exc, operation=operation) from exc
+    finally:
+        clients.close()

@@ -1,0 +1,273 @@
+"""Idle instances enforcement must leave to someone else: owned by a controller, in reserved
+capacity, or with stop protection — one alert per group and idle episode, naming the knob.
+
+These gates are permanent, so the per-instance warn→stop ladder is no use for them: a warning
+per instance would say "please stop it" of machines a controller would only replace. Instead
+each cycle gathers them by group (the Auto Scaling group, node pool, reservation...) and keeps
+two kinds of open conditions in the store:
+
+- ``gated:<reason>:<instance key>`` (detail: its group) while an instance is idle behind the
+  gate: recorded in the action log once, when it opens;
+- ``group:<group>`` while any of its members is: the one alert, with the group's idle $/h, is
+  sent when it opens. The group's next alert comes only after every member was busy again.
+
+Stop protection is learned by one DescribeInstanceAttribute before a warning (``enforce``); its
+open ``gated:stop_protection:`` condition is what spares the next cycles that call.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+import structlog
+
+from guardian.cycle import CycleResult
+from guardian.daemon.messages import Line, Message, b, neutralize, t, v
+from guardian.daemon.store import InstanceRef, Store, Tx
+from guardian.model import Controller, Finding, GpuInstance, ScalingGroup
+from guardian.policy import Block, controller_label, reservation_knob, saving_knob
+from guardian.providers import Provider, ScalingGroups
+
+__all__ = [
+    "GATED",
+    "GROUP",
+    "Gated",
+    "OwnedAlerts",
+    "group_key",
+    "owned_message",
+    "protection_block",
+    "scaling_group_block",
+]
+
+log = structlog.get_logger(__name__)
+
+GATED = "gated:"
+GROUP = "group:"
+_LISTED_MEMBERS = 10
+
+Alert = Callable[[Tx, Message, str, GpuInstance | None], None]
+Record = Callable[..., int]
+
+
+@dataclass(frozen=True)
+class Gated:
+    """An idle instance behind a permanent gate this cycle, and the group it is reported in."""
+
+    finding: Finding
+    block: Block
+    group: str
+
+
+def group_key(instance: GpuInstance, reason: str) -> str:
+    """Who is told together: a controller's or a reservation's members, else the instance."""
+    where = f"{instance.provider}:{instance.account}"
+    if reason == "reserved" and instance.reservation is not None:
+        return f"{where}:reservation:{instance.reservation}"
+    owner = instance.managed_by
+    if reason == "managed" and owner is not None:
+        return f"{where}:{instance.region}:{owner.kind}:{owner.cluster or ''}:{owner.name}"
+    return f"{reason}:{instance.key}"
+
+
+def protection_block(instance: GpuInstance) -> Block:
+    command = (
+        f"aws ec2 modify-instance-attribute --region {instance.region} "
+        f"--instance-id {instance.instance_id} --no-disable-api-stop"
+    )
+    return Block(
+        "stop_protection",
+        "stop protection (DisableApiStop) is set on it",
+        permanent=True,
+        category="stop protection",
+        knob=f"stop it yourself, or turn stop protection off if guardian may stop it ({command})",
+    )
+
+
+def scaling_group_block(instance: GpuInstance, group: ScalingGroup) -> Block:
+    """A Standby-mode member whose group is at its minimum: no Standby without a replacement."""
+    assert instance.managed_by is not None
+    return Block(
+        "managed",
+        f"Auto Scaling group {group.name} is at its minimum (min {group.min_size} / desired "
+        f"{group.desired}): Standby would take it below, so it is not stopped",
+        permanent=True,
+        category=f"managed by {controller_label(Controller.AUTOSCALING_GROUP)}",
+        knob=saving_knob(instance.managed_by, group),
+    )
+
+
+def _safe_knob(instance: GpuInstance, block: Block, group: ScalingGroup | None) -> str:
+    """The knob, rebuilt from names made inert: tag values come from whoever can tag."""
+    owner = instance.managed_by
+    if block.reason == "managed" and owner is not None:
+        clean = replace(
+            owner,
+            name=neutralize(owner.name),
+            cluster=neutralize(owner.cluster) if owner.cluster else None,
+        )
+        safe_group = replace(group, name=clean.name) if group is not None else None
+        return saving_knob(clean, safe_group)
+    if block.reason == "reserved" and instance.reservation is not None:
+        return reservation_knob(neutralize(instance.reservation))
+    if block.reason == "stop_protection":
+        return neutralize(block.knob or "")
+    return block.knob or ""
+
+
+def _money(amount: float) -> str:
+    return f"${amount:,.2f}/h"
+
+
+def owned_message(members: Sequence[Gated], group: ScalingGroup | None) -> Message:
+    """One alert for a group's idle members: why guardian leaves them, and what saves money."""
+    first = members[0]
+    inst, block = first.finding.instance, first.block
+    priced = [m.finding.price.hourly_price for m in members]
+    burn = sum(p for p in priced if p is not None)
+    unpriced = sum(1 for p in priced if p is None)
+    burn_text = _money(burn) + (f" (+{unpriced} unpriced)" if unpriced else "")
+    if block.reason == "managed" and inst.managed_by is not None:
+        owner = inst.managed_by
+        label = controller_label(owner.kind)
+        title: Line = (
+            t(f"Idle GPU instances kept by {label} "),
+            v(owner.name),
+            t(f": {burn_text}"),
+        )
+        why: Line = (
+            t(f"guardian does not stop these: {label} "),
+            v(owner.name),
+            t(
+                " owns them and would replace a stopped instance (terminate it, launch a copy), "
+                "so a stop would save nothing."
+            ),
+        )
+    elif block.reason == "reserved":
+        title = (t("Idle GPU instances in reserved capacity "), v(inst.reservation or ""))
+        title += (t(f": {burn_text}"),)
+        why = (
+            t("guardian does not stop these: reserved capacity is paid whether its instances "),
+            t("run or not, so a stop would save nothing."),
+        )
+    else:
+        title = (t("Idle GPU instance with stop protection: "), v(inst.instance_id))
+        title += (t(f": {burn_text}"),)
+        why = (t(f"guardian does not stop it: {block.detail}."),)
+    lines: list[Line] = [
+        why,
+        (b("What saves the money: "), t(_safe_knob(inst, block, group)), t(".")),
+        (b("Idle now: "), t(f"{len(members)} instance{'s' if len(members) > 1 else ''}, "),
+         t(f"{burn_text}:")),
+    ]  # fmt: skip
+    for member in members[:_LISTED_MEMBERS]:
+        i, decision = member.finding.instance, member.finding.decision
+        who: Line = (
+            (v(i.name), t(" ("), v(i.instance_id), t(")")) if i.name else (v(i.instance_id),)
+        )
+        price = member.finding.price.hourly_price
+        lines.append(
+            (
+                t("• "),
+                *who,
+                t(" — "),
+                v(i.instance_type),
+                t(f", {i.region}, idle {decision.idle_minutes or 0:g} min, "),
+                t(_money(price) if price is not None else "price unknown"),
+            )
+        )
+    if len(members) > _LISTED_MEMBERS:
+        lines.append((t(f"… and {len(members) - _LISTED_MEMBERS} more"),))
+    lines.append((t("The next alert for them comes after they have been busy and idle again."),))
+    return Message("owned", "warning", title, tuple(lines))
+
+
+class OwnedAlerts:
+    """The group pass of one cycle: capacity lookups, conditions, records and alerts."""
+
+    def __init__(self, store: Store, providers: Mapping[str, Provider]) -> None:
+        self._store = store
+        self._providers = providers
+        self.groups: dict[tuple[str, str, str], dict[str, ScalingGroup]] = {}
+
+    def load_groups(self, wanted: Mapping[tuple[str, str, str], set[str]]) -> None:
+        """Capacity of the Auto Scaling groups named in ``wanted`` ((provider, account, region)
+        → names): one batched DescribeAutoScalingGroups per account and region, this cycle."""
+        self.groups = {}
+        for (provider_name, account, region), names in sorted(wanted.items()):
+            provider = self._providers.get(provider_name)
+            if not names or not isinstance(provider, ScalingGroups):
+                continue
+            try:
+                self.groups[(provider_name, account, region)] = provider.scaling_groups(
+                    account, region, sorted(names)
+                )
+            except Exception as exc:  # the alert goes out without the numbers; Standby re-checks
+                log.warning("scaling_groups_unread", account=account, region=region, error=str(exc))
+
+    def group_of(self, instance: GpuInstance) -> ScalingGroup | None:
+        owner = instance.managed_by
+        if owner is None or owner.kind is not Controller.AUTOSCALING_GROUP:
+            return None
+        unit = (instance.provider, instance.account, instance.region)
+        return self.groups.get(unit, {}).get(owner.name)
+
+    def settle(
+        self,
+        gated: Mapping[str, Gated],
+        result: CycleResult,
+        unit_failed: Callable[[InstanceRef], bool],
+        *,
+        now: datetime,
+        record: Record,
+        alert: Alert,
+    ) -> dict[str, int]:
+        """Open what is newly gated (one record each, one alert per new group), close what is
+        not any more. Returns the newly recorded gates by reason."""
+        recorded: dict[str, int] = defaultdict(int)
+        present = {finding.instance.key: finding for finding in result.findings}
+        with self._store.transaction() as tx:
+            open_gated = tx.condition_details(GATED)
+            open_groups = tx.open_conditions(GROUP)
+            wanted = {f"{GATED}{g.block.reason}:{key}": g for key, g in gated.items()}
+            for condition, item in wanted.items():
+                if condition in open_gated:
+                    continue
+                tx.open_condition(condition, now, item.group)
+                open_gated[condition] = item.group
+                ref = InstanceRef.of(item.finding.instance)
+                record(tx, ref, "block", outcome=item.block.reason, reason=item.block.detail)
+                recorded[item.block.reason] += 1
+            for condition in sorted(set(open_gated) - set(wanted)):
+                instance_key = condition.split(":", 2)[2]
+                finding = present.get(instance_key)
+                if finding is None and unit_failed(_ref_of(instance_key)):
+                    continue  # not listed this cycle: an outage never ends the episode
+                tx.close_condition(condition)
+                del open_gated[condition]
+                verdict = finding.decision.verdict.value if finding else "gone"
+                log.info("gate_closed", condition=condition, verdict=verdict)
+            members: dict[str, list[Gated]] = defaultdict(list)
+            for item in gated.values():
+                members[item.group].append(item)
+            for group, items in sorted(members.items()):
+                if f"{GROUP}{group}" in open_groups:
+                    continue
+                tx.open_condition(f"{GROUP}{group}", now, items[0].block.reason)
+                instance = items[0].finding.instance
+                owners = {item.finding.instance.owner for item in items}
+                message = owned_message(items, self.group_of(instance))
+                owner_instance = instance if len(owners) == 1 else None
+                alert(tx, message, f"{GROUP}{group}:{now.isoformat()}", owner_instance)
+            still = set(open_gated.values())
+            for condition in open_groups:
+                if condition.removeprefix(GROUP) not in still:
+                    tx.close_condition(condition)
+        return dict(recorded)
+
+
+def _ref_of(instance_key: str) -> InstanceRef:
+    provider, account, instance_id = instance_key.split(":", 2)
+    return InstanceRef(instance_key, provider, account, "", instance_id)
