@@ -9,7 +9,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from guardian.errors import ProviderError
-from guardian.model import GpuInstance, GpuSample, GpuUtilisation
+from guardian.model import GpuInstance, GpuSample, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
 
@@ -71,6 +71,10 @@ class FakeProvider:
     instances: list[GpuInstance]
     samples: dict[str, tuple[GpuSample, ...]] = field(default_factory=dict)
     errors: list[UnitError] = field(default_factory=list)
+    # instance key → its per-instance series (the agent's local-disk reading, ...)
+    instance_series: dict[str, dict[InstanceMetric, tuple[Point, ...]]] = field(
+        default_factory=dict
+    )
     name: str = "aws"
     stopped: list[str] = field(default_factory=list)
     utilisation_calls: int = 0
@@ -87,10 +91,11 @@ class FakeProvider:
         self.utilisation_calls += 1
         for instance in instances:
             series = tuple(s for s in self.samples.get(instance.key, ()) if start <= s.at <= end)
+            extra = self.instance_series.get(instance.key, {})
             yield (
                 instance.key,
                 (
-                    GpuUtilisation(series, 60, instance.gpu_count)
+                    GpuUtilisation(series, 60, instance.gpu_count, instance_series=extra)
                     if series
                     else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
                 ),

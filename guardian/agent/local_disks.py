@@ -111,12 +111,13 @@ class LocalDiskProbe:
         return found
 
     def _resolve(self, path: Path) -> Path | None:
-        """Follow links inside ``root`` (an absolute target is taken relative to it)."""
+        """Follow links inside ``root`` (an absolute target is taken relative to it); only the
+        final name matters (the device node itself need not be visible, as in a container)."""
         for _ in range(_MAX_LINKS):
             try:
                 target = os.readlink(path)
             except OSError:
-                return path if path.exists() else None
+                return path
             path = (
                 self.root / target.lstrip("/")
                 if os.path.isabs(target)

@@ -109,7 +109,8 @@ class _Cycle:
     stops: int = 0  # stop attempts so far (real or dry-run), for limits.max_stops_per_cycle
     gated: dict[str, Gated] = field(default_factory=dict)  # idle behind a permanent gate
     stop_protected: set[str] = field(default_factory=set)  # instance keys known protected
-    standby_room: Counter[str] = field(default_factory=Counter)  # Standbys taken per group
+    standby_taken: Counter[str] = field(default_factory=Counter)  # Standbys this cycle, by group
+    standby_claims: Counter[str] = field(default_factory=Counter)  # open stop promises, by group
 
 
 class Enforcer:
@@ -136,10 +137,11 @@ class Enforcer:
             open_groups = tx.open_conditions(GROUP)
         cyc.stop_protected = {key.split(":", 2)[2] for key in protected}
         self._owned.load_groups(self._groups_wanted(result.findings, open_groups))
+        self._count_claims(result.findings, open_episodes, cyc)
         for finding in result.findings:  # most wasteful first: they get the stop budget
             episode = open_episodes.pop(finding.instance.key, None)
             with structlog.contextvars.bound_contextvars(instance_id=finding.instance.instance_id):
-                block = self._owned_block(finding, cyc)
+                block = self._owned_block(finding, episode, cyc)
                 if block is not None:
                     self._leave_to_owner(finding, episode, block, cyc)
                 else:
@@ -175,7 +177,21 @@ class Enforcer:
                 wanted[(inst.provider, inst.account, inst.region)].add(owner.name)
         return wanted
 
-    def _owned_block(self, finding: Finding, cyc: _Cycle) -> Block | None:
+    def _count_claims(
+        self, findings: Sequence[Finding], episodes: Mapping[str, EpisodeRow], cyc: _Cycle
+    ) -> None:
+        """Standby-mode members already promised a stop: each takes one of the group's places
+        above its minimum until it is stopped, so no more are warned than can be stopped."""
+        for finding in findings:
+            inst, episode = finding.instance, episodes.get(finding.instance.key)
+            if episode is None or episode.promise == "alert" or episode.stop_state is not None:
+                continue
+            if standby_eligible(inst, self._config) and inst.managed_by is not None:
+                cyc.standby_claims[inst.managed_by.name] += 1
+
+    def _owned_block(
+        self, finding: Finding, episode: EpisodeRow | None, cyc: _Cycle
+    ) -> Block | None:
         """The permanent gate that hands an idle instance to the group pass, if any."""
         inst = finding.instance
         if finding.decision.verdict is not Verdict.IDLE or self._config.mode is Mode.AUDIT:
@@ -186,10 +202,10 @@ class Enforcer:
         if block is not None:
             return block
         group = self._owned.group_of(inst)
-        if standby_eligible(inst, self._config) and group is not None:
-            taken = cyc.standby_room[group.name]
-            if inst.instance_id not in group.standby and group.desired - taken <= group.min_size:
-                return scaling_group_block(inst, group)
+        if standby_eligible(inst, self._config) and group is not None and episode is None:
+            claimed = cyc.standby_claims[group.name]
+            if inst.instance_id not in group.standby and group.desired - claimed <= group.min_size:
+                return scaling_group_block(inst, group)  # no room above the minimum for it
         if inst.key in cyc.stop_protected:
             return protection_block(inst)
         return None
@@ -240,6 +256,8 @@ class Enforcer:
         elif step is Step.RESUMED and episode is not None:
             self._resume(finding, episode, cyc)
         elif step is Step.STOP and episode is not None and self._config.mode is Mode.ENFORCE:
+            if episode.stop_state == "blocked" and episode.promise != "alert":
+                return  # a promised stop refused for good this episode: said once already
             blocked = self._gate(finding, cyc) if episode.stop_state is None else None
             if blocked is not None and blocked[2] and episode.promise != "alert":
                 # A stop was promised, but a permanent gate stands now (its local disks filled
@@ -301,6 +319,8 @@ class Enforcer:
         if promise != "alert" and self._stop_protected(finding, cyc):
             return
         group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
+        if group is not None and promise != "alert":
+            cyc.standby_claims[group.name] += 1
         message = warning_message(
             finding,
             now=cyc.now,
@@ -376,7 +396,7 @@ class Enforcer:
         )
         group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
         if block is None and group is not None:
-            taken = cyc.standby_room[group.name]
+            taken = cyc.standby_taken[group.name]
             if inst.instance_id not in group.standby and group.desired - taken <= group.min_size:
                 block = scaling_group_block(inst, group)
         if block is not None:
@@ -510,7 +530,7 @@ class Enforcer:
             return provider.stop(inst, hibernate=hibernate)
         group = self._owned.group_of(inst)
         if group is not None and inst.instance_id not in group.standby:
-            cyc.standby_room[group.name] += 1  # one less above the minimum, this cycle
+            cyc.standby_taken[group.name] += 1  # one less above the minimum, this cycle
         return provider.standby_and_stop(inst, hibernate=hibernate)
 
     # -- housekeeping around the ladder --------------------------------------------------------
