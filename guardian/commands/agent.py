@@ -23,6 +23,7 @@ from guardian.durations import format_duration, parse_duration
 from guardian.errors import GuardianError
 
 if TYPE_CHECKING:
+    from guardian.agent.local_disks import LocalDiskProbe
     from guardian.agent.loop import Agent, Clock
     from guardian.agent.status import RunDir
     from guardian.providers import Provider
@@ -70,11 +71,13 @@ def build_agent(
     wall: tuple[str, ...] | None = None,
     launch_time: datetime | None = None,
     provider_options: Mapping[str, Any] | None = None,
+    local_disks: LocalDiskProbe | None = None,
 ) -> tuple[Agent, list[Provider]]:
     """Every part of a running agent, from config. One-line GuardianErrors for what is missing:
     NVML (``NVML not available: …``), the run directory, the cloud metadata service.
 
-    ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog).
+    ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog);
+    ``local_disks`` replaces the probe of this machine's /sys and /proc (tests: a fake tree).
     """
     from guardian.agent.autostop import Alerter, Autostop, CloudTarget, default_wall_command
     from guardian.agent.gpu.nvml import BACKEND_ENV, Nvml, load_backend
@@ -148,7 +151,7 @@ def build_agent(
         run_dir=run_dir,
         backend=spec,
         # What a stop would wipe: published with the GPU metrics, and autostop's own gate.
-        local_disks=LocalDiskProbe() if identity is not None else None,
+        local_disks=(local_disks or LocalDiskProbe()) if identity is not None else None,
     )
     return agent, providers
 
