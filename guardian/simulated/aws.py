@@ -415,6 +415,11 @@ class SimInstance:
     spot: SpotKind | None = None
     hibernation: bool = False
     age: timedelta = timedelta(days=1)
+    # What `guardian agent` reports of its instance store (MiB beyond empty filesystems); None:
+    # no agent metric. A reservation id puts it in reserved capacity (moto's setattr, as above).
+    local_disk_used_mib: float | None = None
+    reservation: str | None = None
+    disable_api_stop: bool = False
 
 
 def seed_fleet(
@@ -456,6 +461,7 @@ def seed_fleet(
             spot=spec.spot,
             hibernation=spec.hibernation,
             launched_at=None if in_process else now - spec.age,
+            disable_api_stop=spec.disable_api_stop,
         )
         if in_process:
             moto_speedups.backdate_in_process(ec2.meta.region_name, ids, now - spec.age)
@@ -464,6 +470,14 @@ def seed_fleet(
             launched.append((instance_id, spec))
             if spec.samples is not None:
                 datums.extend(gpu_datums(instance_id, gpus, spec.samples, now, gpu_name=gpu_name))
+            if spec.local_disk_used_mib is not None:
+                datums.extend(local_disk_datums(instance_id, [spec.local_disk_used_mib] * 5, now))
+            if spec.reservation is not None:
+                ec2.modify_instance_attribute(
+                    InstanceId=instance_id,
+                    Attribute="capacityReservationId",  # type: ignore[arg-type]
+                    Value=spec.reservation,
+                )
     if in_process:
         moto_speedups.put_in_process(cloudwatch.meta.region_name, datums, AGENT_NAMESPACE)
     else:
