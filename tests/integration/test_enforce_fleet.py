@@ -27,6 +27,7 @@ from guardian.simulated.aws import (
     put_gpu_metrics,
 )
 from tests.conftest import AwsWire, MotoServer
+from tests.iam import BASE, STANDBY, allowed, group_arn, instance_arn, load
 
 ZONE = "us-east-1a"
 GRACE = timedelta(minutes=2)
@@ -90,6 +91,27 @@ def sent_to(wire: AwsWire, operation: str) -> Counter[str]:
         ids = call.params.get("InstanceIds") or [call.params.get("InstanceId")]
         counts.update(str(i) for i in ids)
     return counts
+
+
+def assert_policy_allows_what_was_sent(
+    moto_server: MotoServer, wire: AwsWire, policy_file: Path
+) -> None:
+    """Every call guardian sent is one the documented IAM policy allows (STS needs none)."""
+    policy = load(policy_file)
+    ec2 = moto_server.client("ec2")
+    for call in wire.calls:
+        if call.operation.startswith("sts:"):
+            continue
+        if call.operation == "ec2:StopInstances":
+            for instance_id in call.params["InstanceIds"]:
+                raw = ec2.describe_instances(InstanceIds=[instance_id])["Reservations"][0]
+                tags = {t["Key"]: t["Value"] for t in raw["Instances"][0].get("Tags", [])}
+                assert allowed(policy, call.operation, instance_arn(instance_id), tags), call
+        elif call.operation == "autoscaling:EnterStandby":
+            group = group_arn(call.params["AutoScalingGroupName"])
+            assert allowed(policy, call.operation, group), call
+        else:
+            assert allowed(policy, call.operation), call
 
 
 def alerts(d: Daemon, kind: str) -> list[str]:
@@ -163,6 +185,7 @@ def test_enforce_stops_only_what_no_one_else_owns(
     (asg,) = group_now["AutoScalingGroups"]
     assert asg["DesiredCapacity"] == 2
     assert {m["LifecycleState"] for m in asg["Instances"]} == {"InService"}
+    assert_policy_allows_what_was_sent(moto_server, aws_wire, BASE)
 
 
 def test_standby_mode_stops_a_plain_group_s_members_down_to_its_minimum(
@@ -198,3 +221,6 @@ def test_standby_mode_stops_a_plain_group_s_members_down_to_its_minimum(
     assert "aws ec2 start-instances" in stopped
     (owned,) = alerts(d, "owned")
     assert kept in owned
+    assert_policy_allows_what_was_sent(moto_server, aws_wire, STANDBY)
+    # The base file refuses it.
+    assert not allowed(load(BASE), "autoscaling:EnterStandby", group_arn("gpu-pool"))
