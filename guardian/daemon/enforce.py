@@ -13,57 +13,49 @@ two is reconciled on restart, never repeated blindly and never lost. Never termi
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Iterable, Mapping, Sequence
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 
 from guardian.config import Config, Mode
 from guardian.cycle import CycleResult
+from guardian.daemon.housekeeping import (
+    Recorder,
+    close_vanished,
+    reconcile_stops,
+    trip_breakers,
+    unit,
+    unit_failed,
+)
 from guardian.daemon.messages import (
-    Message,
-    breaker_message,
     not_stopped_message,
-    reconciled_message,
     resumed_message,
     stop_failed_message,
     stopped_message,
     warning_message,
 )
 from guardian.daemon.notify import Notifier
-from guardian.daemon.owned import (
-    GATED,
-    GROUP,
-    Gated,
-    OwnedAlerts,
-    group_key,
-    protection_block,
-    scaling_group_block,
-)
-from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
+from guardian.daemon.owned import Owners, protection_block
+from guardian.daemon.store import EpisodeRow, InstanceRef, Store
 from guardian.errors import GuardianError
-from guardian.model import Controller, Finding, GpuInstance, Verdict
+from guardian.model import Finding, GpuInstance, Verdict
 from guardian.policy import (
     STANDBY_STOP,
     Block,
     Step,
     instance_block,
     next_step,
-    ownership_block,
     permanent_block,
     standby_eligible,
 )
-from guardian.providers import Provider, ScalingGroups, StopResult, UnitError
+from guardian.providers import Provider, ScalingGroups, StopResult
 
 __all__ = ["EnforceSummary", "Enforcer"]
 
 log = structlog.get_logger(__name__)
-
-_MEASURED = (Verdict.IDLE, Verdict.UNDERUSED, Verdict.BUSY)
-_BREAKER_MIN_IDLE = 3
 
 
 @dataclass
@@ -77,40 +69,19 @@ class EnforceSummary:
     reconciled: int = 0
 
 
-def _unit(instance: GpuInstance | InstanceRef) -> str:
-    return f"{instance.provider} {instance.account} {instance.region}"
-
-
-def _unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
-    """A listing failure that may have hidden this instance.
-
-    Errors name an account by id, or — when even that failed — by a label (``default``, a
-    role's name or ARN). A label could be any account, so it counts as this one: an episode is
-    kept open a cycle too long rather than closed by an outage.
-    """
-    listed = {finding.instance.account for finding in result.findings}
-    for error in result.errors:
-        if error.provider != ref.provider:
-            continue
-        if error.account == ref.account or error.account not in listed:
-            return error
-    return None
-
-
 @dataclass
 class _Cycle:
     """What one ``Enforcer.run`` carries from instance to instance."""
 
-    now: datetime  # when enforcement runs: deadlines count from here, not from the audit
+    rec: Recorder  # the cycle's time (deadlines count from it, not from the audit) and id
     audited_at: datetime  # when the findings were measured: sample ages are relative to it
-    cycle_id: str
     summary: EnforceSummary
     tripped: set[str] = field(default_factory=set)
     stops: int = 0  # stop attempts so far (real or dry-run), for limits.max_stops_per_cycle
-    gated: dict[str, Gated] = field(default_factory=dict)  # idle behind a permanent gate
-    stop_protected: set[str] = field(default_factory=set)  # instance keys known protected
-    standby_taken: Counter[str] = field(default_factory=Counter)  # Standbys this cycle, by group
-    standby_claims: Counter[str] = field(default_factory=Counter)  # open stop promises, by group
+
+    @property
+    def now(self) -> datetime:
+        return self.rec.now
 
 
 class Enforcer:
@@ -121,23 +92,21 @@ class Enforcer:
         self._store = store
         self._notifier = notifier
         self._providers = {provider.name: provider for provider in providers}
-        self._owned = OwnedAlerts(store, self._providers)
+        self._owners = Owners(config, store, self._providers)
 
     def run(self, result: CycleResult, now: datetime, cycle_id: str) -> EnforceSummary:
         """Act on one cycle's findings at ``now`` — the time after the audit, so the time an
         audit takes is never taken out of anybody's grace period."""
-        cyc = _Cycle(now, result.generated_at, cycle_id, EnforceSummary())
-        self._reconcile(result, cyc)
+        cyc = _Cycle(Recorder(self._notifier, now, cycle_id), result.generated_at, EnforceSummary())
+        cyc.summary.reconciled = reconcile_stops(self._store, result, cyc.rec)
         if self._config.mode is Mode.AUDIT:
             return cyc.summary
-        cyc.tripped = self._circuit_breaker(result.findings, cyc)
+        limit = self._config.limits.max_idle_fraction
+        cyc.tripped = trip_breakers(self._store, result.findings, limit, cyc.rec)
+        cyc.summary.tripped_units = tuple(sorted(cyc.tripped))
         with self._store.reader() as tx:
             open_episodes = tx.open_episodes()
-            protected = tx.open_conditions(f"{GATED}stop_protection:")
-            open_groups = tx.open_conditions(GROUP)
-        cyc.stop_protected = {key.split(":", 2)[2] for key in protected}
-        self._owned.load_groups(self._groups_wanted(result.findings, open_groups))
-        self._count_claims(result.findings, open_episodes, cyc)
+        self._owners.begin(result.findings, open_episodes)
         for finding in result.findings:  # most wasteful first: they get the stop budget
             episode = open_episodes.pop(finding.instance.key, None)
             with structlog.contextvars.bound_contextvars(instance_id=finding.instance.instance_id):
@@ -146,69 +115,19 @@ class Enforcer:
                     self._leave_to_owner(finding, episode, block, cyc)
                 else:
                     self._step(finding, episode, cyc)
-        self._close_vanished(open_episodes.values(), result, cyc)
-        recorded = self._owned.settle(
-            cyc.gated,
-            result,
-            lambda ref: _unit_failed(result, ref) is not None,
-            now=cyc.now,
-            record=lambda tx, ref, action, **fields: self._record(tx, cyc, ref, action, **fields),
-            alert=lambda tx, message, key, inst: self._alert(tx, cyc, message, key, inst),
-        )
-        cyc.summary.blocked.update(recorded)
+        close_vanished(self._store, open_episodes.values(), result, self._providers, cyc.rec)
+        failed = lambda ref: unit_failed(result, ref) is not None  # noqa: E731
+        cyc.summary.blocked.update(self._owners.settle(result, failed, cyc.rec))
         return cyc.summary
 
     # -- instances left to their owner: a controller, a reservation, stop protection ------------
-    def _groups_wanted(
-        self, findings: Sequence[Finding], open_groups: Mapping[str, datetime]
-    ) -> dict[tuple[str, str, str], set[str]]:
-        """Auto Scaling groups whose capacity this cycle needs: Standby mode's members (is there
-        room above the minimum?) and groups whose alert goes out now (min / desired in it)."""
-        wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
-        for finding in findings:
-            inst = finding.instance
-            owner = inst.managed_by
-            if finding.decision.verdict is not Verdict.IDLE or owner is None:
-                continue
-            if owner.kind is not Controller.AUTOSCALING_GROUP or inst.reserved:
-                continue
-            alerting = f"{GROUP}{group_key(inst, 'managed')}" not in open_groups
-            if standby_eligible(inst, self._config) or alerting:
-                wanted[(inst.provider, inst.account, inst.region)].add(owner.name)
-        return wanted
-
-    def _count_claims(
-        self, findings: Sequence[Finding], episodes: Mapping[str, EpisodeRow], cyc: _Cycle
-    ) -> None:
-        """Standby-mode members already promised a stop: each takes one of the group's places
-        above its minimum until it is stopped, so no more are warned than can be stopped."""
-        for finding in findings:
-            inst, episode = finding.instance, episodes.get(finding.instance.key)
-            if episode is None or episode.promise == "alert" or episode.stop_state is not None:
-                continue
-            if standby_eligible(inst, self._config) and inst.managed_by is not None:
-                cyc.standby_claims[inst.managed_by.name] += 1
-
     def _owned_block(
         self, finding: Finding, episode: EpisodeRow | None, cyc: _Cycle
     ) -> Block | None:
         """The permanent gate that hands an idle instance to the group pass, if any."""
-        inst = finding.instance
-        if finding.decision.verdict is not Verdict.IDLE or self._config.mode is Mode.AUDIT:
-            return None
-        if _unit(inst) in cyc.tripped:
-            return None  # the breaker speaks for the whole unit; nothing else is said
-        block = ownership_block(inst, self._config)
-        if block is not None:
-            return block
-        group = self._owned.group_of(inst)
-        if standby_eligible(inst, self._config) and group is not None and episode is None:
-            claimed = cyc.standby_claims[group.name]
-            if inst.instance_id not in group.standby and group.desired - claimed <= group.min_size:
-                return scaling_group_block(inst, group)  # no room above the minimum for it
-        if inst.key in cyc.stop_protected:
-            return protection_block(inst)
-        return None
+        if finding.decision.verdict is not Verdict.IDLE or unit(finding.instance) in cyc.tripped:
+            return None  # a tripped breaker speaks for its whole unit; nothing else is said
+        return self._owners.block(finding, episode)
 
     def _leave_to_owner(
         self, finding: Finding, episode: EpisodeRow | None, block: Block, cyc: _Cycle
@@ -217,32 +136,14 @@ class Enforcer:
         if episode is not None and episode.stop_state is None:  # warned before it was known
             with self._store.transaction() as tx:
                 tx.close_episode(episode.id, cyc.now, f"alert_only:{block.reason}")
-                self._record(
+                cyc.rec.record(
                     tx,
-                    cyc,
                     InstanceRef.of(inst),
                     "close",
                     reason=f"alert-only from now on: {block.detail}",
                     episode_id=episode.id,
                 )
-        cyc.gated[inst.key] = Gated(finding, block, group_key(inst, block.reason))
-
-    # -- small helpers: every log row and alert carries the cycle's time and id ---------------
-    def _record(self, tx: Tx, cyc: _Cycle, ref: InstanceRef, action: str, **fields: Any) -> int:
-        fields.setdefault("phase", "event")
-        return tx.record_action(at=cyc.now, cycle_id=cyc.cycle_id, ref=ref, action=action, **fields)
-
-    def _alert(
-        self, tx: Tx, cyc: _Cycle, message: Message, key: str, inst: GpuInstance | None = None
-    ) -> None:
-        self._notifier.enqueue(
-            tx,
-            message,
-            at=cyc.now,
-            dedupe_key=key,
-            owner=inst.owner if inst is not None else None,
-            instance_key=inst.key if inst is not None else None,
-        )
+        self._owners.leave(finding, block)
 
     # -- the ladder ----------------------------------------------------------------------------
     def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: _Cycle) -> None:
@@ -268,9 +169,8 @@ class Enforcer:
             if stale is not None:
                 with self._store.transaction() as tx:
                     tx.close_episode(episode.id, cyc.now, "rewarn")
-                    self._record(
+                    cyc.rec.record(
                         tx,
-                        cyc,
                         InstanceRef.of(inst),
                         "close",
                         reason=f"warned again: {stale}",
@@ -295,32 +195,30 @@ class Enforcer:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
 
-    def _stop_protected(self, finding: Finding, cyc: _Cycle) -> bool:
+    def _stop_protected(self, finding: Finding) -> bool:
         """Before a warning that promises a stop: one DescribeInstanceAttribute. A protected
         instance goes to the group pass (and its open condition spares later cycles the call)."""
         inst = finding.instance
         provider = self._providers.get(inst.provider)
         if provider is None or provider.stop_protection(inst) is not True:
             return False  # unreadable: warn; a refused stop is then recorded once, for good
-        cyc.stop_protected.add(inst.key)
-        block = protection_block(inst)
-        cyc.gated[inst.key] = Gated(finding, block, group_key(inst, block.reason))
+        self._owners.leave(finding, protection_block(inst))
         log.info("stop_protection_found")
         return True
 
     def _warn(self, finding: Finding, cyc: _Cycle) -> None:
         inst = finding.instance
-        if _unit(inst) in cyc.tripped:
-            log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
+        if unit(inst) in cyc.tripped:
+            log.info("warning_suppressed", reason="circuit_breaker", unit=unit(inst))
             return
         deadline = cyc.now + self._config.idle.grace
         block = self._permanent(finding, cyc)
         promise = self._promise(finding, cyc)
-        if promise != "alert" and self._stop_protected(finding, cyc):
+        if promise != "alert" and self._stop_protected(finding):
             return
-        group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
-        if group is not None and promise != "alert":
-            cyc.standby_claims[group.name] += 1
+        group = self._owners.standby_group(inst)
+        if promise != "alert":
+            self._owners.claim(inst)
         message = warning_message(
             finding,
             now=cyc.now,
@@ -333,9 +231,8 @@ class Enforcer:
         )
         with self._store.transaction() as tx:
             episode_id = tx.open_episode(InstanceRef.of(inst), cyc.now, deadline, promise)
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 InstanceRef.of(inst),
                 "warn",
                 outcome=promise,
@@ -343,7 +240,7 @@ class Enforcer:
                 dry_run=self._config.dry_run,
                 episode_id=episode_id,
             )
-            self._alert(tx, cyc, message, f"warn:{episode_id}", inst)
+            cyc.rec.alert(tx, message, f"warn:{episode_id}", inst)
         cyc.summary.warned += 1
         log.info("instance_warned", deadline=deadline.isoformat(), promise=promise)
 
@@ -351,16 +248,15 @@ class Enforcer:
         inst, verdict = finding.instance, finding.decision.verdict
         with self._store.transaction() as tx:
             tx.close_episode(episode.id, cyc.now, f"resumed:{verdict.value}")
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 InstanceRef.of(inst),
                 "resume",
                 outcome=verdict.value,
                 reason="; ".join(finding.decision.reasons),
                 episode_id=episode.id,
             )
-            self._alert(tx, cyc, resumed_message(finding), f"resumed:{episode.id}", inst)
+            cyc.rec.alert(tx, resumed_message(finding), f"resumed:{episode.id}", inst)
         cyc.summary.resumed += 1
         log.info("instance_resumed", verdict=verdict.value)
 
@@ -394,15 +290,11 @@ class Enforcer:
         block = instance_block(  # this cycle's tags and local-disk reading, right now
             inst, self._config, cyc.now, local_disk=finding.local_disk_used
         )
-        group = self._owned.group_of(inst) if standby_eligible(inst, self._config) else None
-        if block is None and group is not None:
-            taken = cyc.standby_taken[group.name]
-            if inst.instance_id not in group.standby and group.desired - taken <= group.min_size:
-                block = scaling_group_block(inst, group)
+        block = block or self._owners.room_block(inst)
         if block is not None:
             return block.reason, block.detail, block.permanent
-        if _unit(inst) in cyc.tripped:
-            return "circuit_breaker", f"circuit breaker tripped in {_unit(inst)}", False
+        if unit(inst) in cyc.tripped:
+            return "circuit_breaker", f"circuit breaker tripped in {unit(inst)}", False
         if cyc.stops >= self._config.limits.max_stops_per_cycle:
             return (
                 "max_stops_per_cycle",
@@ -422,9 +314,8 @@ class Enforcer:
             return  # recorded already: a gate is recorded again only when the reason changes
         inst = finding.instance
         with self._store.transaction() as tx:
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 InstanceRef.of(inst),
                 "block",
                 outcome=reason,
@@ -437,7 +328,7 @@ class Enforcer:
             )
             if permanent:
                 message = not_stopped_message(finding, text)
-                self._alert(tx, cyc, message, f"not_stopped:{episode.id}", inst)
+                cyc.rec.alert(tx, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1
 
     def _stop(self, finding: Finding, episode: EpisodeRow, cyc: _Cycle) -> None:
@@ -451,9 +342,8 @@ class Enforcer:
         why = f"idle past its deadline {episode.deadline:%Y-%m-%d %H:%M:%S} UTC"
         if self._config.dry_run:
             with self._store.transaction() as tx:
-                self._record(
+                cyc.rec.record(
                     tx,
-                    cyc,
                     ref,
                     action,
                     outcome="dry_run",
@@ -466,17 +356,17 @@ class Enforcer:
                     finding, action=action, dry_run=True, standby_group=group_name
                 )
                 # Owners hear nothing of a dry run: the notifier sends it to the channels only.
-                self._alert(tx, cyc, message, f"would_stop:{episode.id}")
+                cyc.rec.alert(tx, message, f"would_stop:{episode.id}")
             cyc.summary.stops[(action, True)] += 1
             log.info("instance_would_stop", action=action)
             return
         with self._store.transaction() as tx:
-            intent_id = self._record(
-                tx, cyc, ref, action, phase="intent", reason=why, episode_id=episode.id
+            intent_id = cyc.rec.record(
+                tx, ref, action, phase="intent", reason=why, episode_id=episode.id
             )
         ok, detail, refused = False, "", False
         try:
-            result = self._call_stop(provider, inst, cyc, hibernate=hibernate, standby=standby)
+            result = self._call_stop(provider, inst, hibernate=hibernate, standby=standby)
             ok, detail, action = result.ok, result.message, result.action or action
             refused = result.permanent and not ok
         except GuardianError as exc:
@@ -485,9 +375,8 @@ class Enforcer:
             log.exception("stop_raised")
             detail = f"{type(exc).__name__}: {exc}"
         with self._store.transaction() as tx:
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 ref,
                 action,
                 phase="outcome",
@@ -501,18 +390,18 @@ class Enforcer:
                 message = stopped_message(
                     finding, action=action, dry_run=False, standby_group=group_name
                 )
-                self._alert(tx, cyc, message, f"stopped:{intent_id}", inst)
+                cyc.rec.alert(tx, message, f"stopped:{intent_id}", inst)
             elif refused:  # for good: recorded once, never retried this episode
                 tx.update_episode(
                     episode.id, stop_error=detail, stop_state="blocked", blocked_reason="refused"
                 )
                 message = stop_failed_message(finding, detail, retried=False)
-                self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
+                cyc.rec.alert(tx, message, f"stop_failed:{intent_id}", inst)
             else:
                 tx.update_episode(episode.id, stop_error=detail)
                 if episode.stop_error != detail:  # one alert per distinct error, not per cycle
                     message = stop_failed_message(finding, detail)
-                    self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
+                    cyc.rec.alert(tx, message, f"stop_failed:{intent_id}", inst)
         if refused:  # a stop the cloud refuses for good takes no slot of max_stops_per_cycle
             cyc.stops -= 1
             cyc.summary.blocked["refused"] += 1
@@ -524,110 +413,9 @@ class Enforcer:
             log.error("stop_failed", action=action, intent_id=intent_id, error=detail)
 
     def _call_stop(
-        self, provider: Provider, inst: GpuInstance, cyc: _Cycle, *, hibernate: bool, standby: bool
+        self, provider: Provider, inst: GpuInstance, *, hibernate: bool, standby: bool
     ) -> StopResult:
         if not (standby and isinstance(provider, ScalingGroups)):
             return provider.stop(inst, hibernate=hibernate)
-        group = self._owned.group_of(inst)
-        if group is not None and inst.instance_id not in group.standby:
-            cyc.standby_taken[group.name] += 1  # one less above the minimum, this cycle
+        self._owners.take(inst)  # one place less above the group's minimum, this cycle
         return provider.standby_and_stop(inst, hibernate=hibernate)
-
-    # -- housekeeping around the ladder --------------------------------------------------------
-    def _reconcile(self, result: CycleResult, cyc: _Cycle) -> None:
-        """Give every stop intent without an outcome (a crash mid-stop) its outcome now."""
-        with self._store.reader() as tx:
-            pending = tx.pending_intents()
-        running = {finding.instance.key for finding in result.findings}
-        for intent in pending:
-            failed_unit = _unit_failed(result, intent.ref)
-            if intent.ref.instance_key in running:
-                outcome = "not_executed"
-                detail = "still running after a restart: the stop did not take effect"
-            elif failed_unit is not None:
-                outcome = "unknown"
-                detail = f"could not check after a restart: {failed_unit.message}"
-            else:
-                outcome = "ok"
-                detail = "no longer running after a restart: the stop took effect"
-            label = f"{intent.ref.name or intent.ref.instance_id} ({intent.ref.instance_id})"
-            with self._store.transaction() as tx:
-                self._record(
-                    tx,
-                    cyc,
-                    intent.ref,
-                    intent.action,
-                    phase="outcome",
-                    outcome=outcome,
-                    reason=detail,
-                    intent_id=intent.id,
-                    episode_id=intent.episode_id,
-                )
-                if outcome == "ok" and intent.episode_id is not None:
-                    tx.close_episode(intent.episode_id, cyc.now, "stopped")
-                message = reconciled_message(label, outcome, detail)
-                self._alert(tx, cyc, message, f"reconciled:{intent.id}")
-            cyc.summary.reconciled += 1
-            log.warning(
-                "stop_reconciled",
-                instance_id=intent.ref.instance_id,
-                intent_id=intent.id,
-                outcome=outcome,
-            )
-
-    def _circuit_breaker(self, findings: Sequence[Finding], cyc: _Cycle) -> set[str]:
-        """Units where too many instances look idle at once: a metrics pipeline, not a fleet."""
-        measured: Counter[str] = Counter()
-        idle: dict[str, list[Finding]] = defaultdict(list)
-        for finding in findings:
-            if finding.decision.verdict in _MEASURED:
-                measured[_unit(finding.instance)] += 1
-            if finding.decision.verdict is Verdict.IDLE:
-                idle[_unit(finding.instance)].append(finding)
-        limit = self._config.limits.max_idle_fraction
-        tripped = {
-            unit
-            for unit, items in idle.items()
-            if len(items) >= _BREAKER_MIN_IDLE and len(items) / measured[unit] > limit
-        }
-        with self._store.transaction() as tx:
-            already = tx.open_conditions("breaker:")
-            for unit in sorted(tripped - {k.removeprefix("breaker:") for k in already}):
-                detail = f"{len(idle[unit])} of {measured[unit]} measured instances idle"
-                tx.open_condition(f"breaker:{unit}", cyc.now, detail)
-                message = breaker_message(unit, idle[unit], measured[unit], limit)
-                self._alert(tx, cyc, message, f"breaker:{unit}:{cyc.now.isoformat()}")
-                log.error("circuit_breaker_tripped", unit=unit, detail=detail)
-            for key in already:
-                unit = key.removeprefix("breaker:")
-                if unit not in tripped and measured[unit] > 0:
-                    tx.close_condition(key)
-                    log.info("circuit_breaker_cleared", unit=unit)
-        cyc.summary.tripped_units = tuple(sorted(tripped))
-        return tripped
-
-    def _close_vanished(
-        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: _Cycle
-    ) -> None:
-        """Episodes of instances no longer running: stopped or terminated by someone else.
-
-        Closed only when their provider listed its instances without error, so an API outage
-        never ends an episode (which would re-warn) — and a machine started again later starts
-        a new episode with a new warning rather than inheriting a past deadline.
-        """
-        for episode in episodes:
-            if episode.ref.provider not in self._providers:
-                continue
-            if _unit_failed(result, episode.ref) is not None:
-                continue
-            with self._store.transaction() as tx:
-                tx.close_episode(episode.id, cyc.now, "vanished")
-                self._record(
-                    tx,
-                    cyc,
-                    episode.ref,
-                    "close",
-                    episode_id=episode.id,
-                    reason="no longer running: stopped or terminated outside guardian",
-                )
-            log.info("episode_closed", instance_id=episode.ref.instance_id, reason="vanished")

@@ -17,25 +17,33 @@ open ``gated:stop_protection:`` condition is what spares the next cycles that ca
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from datetime import datetime
 
 import structlog
 
+from guardian.config import Config
 from guardian.cycle import CycleResult
+from guardian.daemon.housekeeping import Recorder
 from guardian.daemon.messages import Line, Message, b, neutralize, t, v
-from guardian.daemon.store import InstanceRef, Store, Tx
-from guardian.model import Controller, Finding, GpuInstance, ScalingGroup
-from guardian.policy import Block, controller_label, reservation_knob, saving_knob
+from guardian.daemon.store import EpisodeRow, InstanceRef, Store
+from guardian.model import Controller, Finding, GpuInstance, ScalingGroup, Verdict
+from guardian.policy import (
+    Block,
+    controller_label,
+    ownership_block,
+    reservation_knob,
+    saving_knob,
+    standby_eligible,
+)
 from guardian.providers import Provider, ScalingGroups
 
 __all__ = [
     "GATED",
     "GROUP",
     "Gated",
-    "OwnedAlerts",
+    "Owners",
     "group_key",
     "owned_message",
     "protection_block",
@@ -47,9 +55,6 @@ log = structlog.get_logger(__name__)
 GATED = "gated:"
 GROUP = "group:"
 _LISTED_MEMBERS = 10
-
-Alert = Callable[[Tx, Message, str, GpuInstance | None], None]
-Record = Callable[..., int]
 
 
 @dataclass(frozen=True)
@@ -184,17 +189,48 @@ def owned_message(members: Sequence[Gated], group: ScalingGroup | None) -> Messa
     return Message("owned", "warning", title, tuple(lines))
 
 
-class OwnedAlerts:
-    """The group pass of one cycle: capacity lookups, conditions, records and alerts."""
+class Owners:
+    """The group pass of enforcement, one cycle at a time: which idle instances are left to
+    their owner, Auto Scaling groups' capacity and Standby room, the records and the alerts."""
 
-    def __init__(self, store: Store, providers: Mapping[str, Provider]) -> None:
+    def __init__(self, config: Config, store: Store, providers: Mapping[str, Provider]) -> None:
+        self._config = config
         self._store = store
         self._providers = providers
         self.groups: dict[tuple[str, str, str], dict[str, ScalingGroup]] = {}
+        self.gated: dict[str, Gated] = {}  # instance key → idle behind a permanent gate
+        self._protected: set[str] = set()  # instance keys known to have stop protection
+        self._claims: Counter[str] = Counter()  # Standby-mode stop promises open, by group
+        self._taken: Counter[str] = Counter()  # Standbys done this cycle, by group
 
-    def load_groups(self, wanted: Mapping[tuple[str, str, str], set[str]]) -> None:
-        """Capacity of the Auto Scaling groups named in ``wanted`` ((provider, account, region)
-        → names): one batched DescribeAutoScalingGroups per account and region, this cycle."""
+    # -- the cycle's state -------------------------------------------------------------------
+    def begin(self, findings: Sequence[Finding], episodes: Mapping[str, EpisodeRow]) -> None:
+        """Read what earlier cycles learned and the groups' capacity this cycle needs."""
+        with self._store.reader() as tx:
+            protected = tx.open_conditions(f"{GATED}stop_protection:")
+            open_groups = tx.open_conditions(GROUP)
+        self.gated = {}
+        self._protected = {key.split(":", 2)[2] for key in protected}
+        self._taken = Counter()
+        self._claims = Counter()
+        wanted: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+        for finding in findings:
+            inst, episode = finding.instance, episodes.get(finding.instance.key)
+            if finding.decision.verdict is not Verdict.IDLE or not _plain_group(inst):
+                continue
+            assert inst.managed_by is not None
+            standby = standby_eligible(inst, self._config)
+            # Standby mode needs the room above the minimum; an alert going out now, the numbers.
+            if standby or f"{GROUP}{group_key(inst, 'managed')}" not in open_groups:
+                wanted[(inst.provider, inst.account, inst.region)].add(inst.managed_by.name)
+            # A member already promised a stop holds a place above the minimum until stopped.
+            promised = episode is not None and episode.promise != "alert"
+            if standby and promised and episode is not None and episode.stop_state is None:
+                self._claims[inst.managed_by.name] += 1
+        self._load_groups(wanted)
+
+    def _load_groups(self, wanted: Mapping[tuple[str, str, str], set[str]]) -> None:
+        """One batched DescribeAutoScalingGroups per account and region that needs it."""
         self.groups = {}
         for (provider_name, account, region), names in sorted(wanted.items()):
             provider = self._providers.get(provider_name)
@@ -208,37 +244,79 @@ class OwnedAlerts:
                 log.warning("scaling_groups_unread", account=account, region=region, error=str(exc))
 
     def group_of(self, instance: GpuInstance) -> ScalingGroup | None:
-        owner = instance.managed_by
-        if owner is None or owner.kind is not Controller.AUTOSCALING_GROUP:
+        if not _plain_group(instance):
             return None
+        assert instance.managed_by is not None
         unit = (instance.provider, instance.account, instance.region)
-        return self.groups.get(unit, {}).get(owner.name)
+        return self.groups.get(unit, {}).get(instance.managed_by.name)
 
+    def standby_group(self, instance: GpuInstance) -> ScalingGroup | None:
+        """The group a Standby-mode member is walked down in, when its capacity is known."""
+        return self.group_of(instance) if standby_eligible(instance, self._config) else None
+
+    # -- the gates ---------------------------------------------------------------------------
+    def block(self, finding: Finding, episode: EpisodeRow | None) -> Block | None:
+        """The permanent gate that leaves an idle instance to its owner, if any."""
+        inst = finding.instance
+        block = ownership_block(inst, self._config)
+        if block is not None:
+            return block
+        group = self.standby_group(inst)
+        if group is not None and episode is None:
+            claimed = self._claims[group.name]
+            if inst.instance_id not in group.standby and group.desired - claimed <= group.min_size:
+                return scaling_group_block(inst, group)  # no room above the minimum for it
+        if inst.key in self._protected:
+            return protection_block(inst)
+        return None
+
+    def room_block(self, instance: GpuInstance) -> Block | None:
+        """At the stop: the Standbys done this cycle may have used the room up."""
+        group = self.standby_group(instance)
+        if group is None or instance.instance_id in group.standby:
+            return None
+        if group.desired - self._taken[group.name] <= group.min_size:
+            return scaling_group_block(instance, group)
+        return None
+
+    def claim(self, instance: GpuInstance) -> None:
+        """A Standby-mode member was just promised a stop."""
+        group = self.standby_group(instance)
+        if group is not None:
+            self._claims[group.name] += 1
+
+    def take(self, instance: GpuInstance) -> None:
+        """A Standby-mode member is being put into Standby now."""
+        group = self.standby_group(instance)
+        if group is not None and instance.instance_id not in group.standby:
+            self._taken[group.name] += 1
+
+    def leave(self, finding: Finding, block: Block) -> None:
+        """Hand an idle instance to the group pass; stop protection is remembered from here."""
+        inst = finding.instance
+        if block.reason == "stop_protection":
+            self._protected.add(inst.key)
+        self.gated[inst.key] = Gated(finding, block, group_key(inst, block.reason))
+
+    # -- records and alerts ------------------------------------------------------------------
     def settle(
-        self,
-        gated: Mapping[str, Gated],
-        result: CycleResult,
-        unit_failed: Callable[[InstanceRef], bool],
-        *,
-        now: datetime,
-        record: Record,
-        alert: Alert,
+        self, result: CycleResult, unit_failed: Callable[[InstanceRef], bool], rec: Recorder
     ) -> dict[str, int]:
         """Open what is newly gated (one record each, one alert per new group), close what is
         not any more. Returns the newly recorded gates by reason."""
-        recorded: dict[str, int] = defaultdict(int)
+        recorded: Counter[str] = Counter()
         present = {finding.instance.key: finding for finding in result.findings}
         with self._store.transaction() as tx:
             open_gated = tx.condition_details(GATED)
             open_groups = tx.open_conditions(GROUP)
-            wanted = {f"{GATED}{g.block.reason}:{key}": g for key, g in gated.items()}
+            wanted = {f"{GATED}{g.block.reason}:{key}": g for key, g in self.gated.items()}
             for condition, item in wanted.items():
                 if condition in open_gated:
                     continue
-                tx.open_condition(condition, now, item.group)
+                tx.open_condition(condition, rec.now, item.group)
                 open_gated[condition] = item.group
                 ref = InstanceRef.of(item.finding.instance)
-                record(tx, ref, "block", outcome=item.block.reason, reason=item.block.detail)
+                rec.record(tx, ref, "block", outcome=item.block.reason, reason=item.block.detail)
                 recorded[item.block.reason] += 1
             for condition in sorted(set(open_gated) - set(wanted)):
                 instance_key = condition.split(":", 2)[2]
@@ -250,22 +328,29 @@ class OwnedAlerts:
                 verdict = finding.decision.verdict.value if finding else "gone"
                 log.info("gate_closed", condition=condition, verdict=verdict)
             members: dict[str, list[Gated]] = defaultdict(list)
-            for item in gated.values():
+            for item in self.gated.values():
                 members[item.group].append(item)
             for group, items in sorted(members.items()):
                 if f"{GROUP}{group}" in open_groups:
                     continue
-                tx.open_condition(f"{GROUP}{group}", now, items[0].block.reason)
+                tx.open_condition(f"{GROUP}{group}", rec.now, items[0].block.reason)
                 instance = items[0].finding.instance
                 owners = {item.finding.instance.owner for item in items}
                 message = owned_message(items, self.group_of(instance))
                 owner_instance = instance if len(owners) == 1 else None
-                alert(tx, message, f"{GROUP}{group}:{now.isoformat()}", owner_instance)
+                rec.alert(tx, message, f"{GROUP}{group}:{rec.now.isoformat()}", owner_instance)
             still = set(open_gated.values())
             for condition in open_groups:
                 if condition.removeprefix(GROUP) not in still:
                     tx.close_condition(condition)
         return dict(recorded)
+
+
+def _plain_group(instance: GpuInstance) -> bool:
+    owner = instance.managed_by
+    return (
+        owner is not None and owner.kind is Controller.AUTOSCALING_GROUP and not instance.reserved
+    )
 
 
 def _ref_of(instance_key: str) -> InstanceRef:
