@@ -98,3 +98,13 @@ def test_describe_reads_one_vm_with_instances_get(fakes: Fakes) -> None:  # noqa
     assert [(c.method, c.path) for c in calls] == [
         ("GET", "/compute/v1/projects/proj-a/zones/us-central1-a/instances/l4-pool-x1")
     ]
+
+
+def test_the_provider_never_stops_a_managed_vm(fakes: Fakes) -> None:  # noqa: F811
+    _fleet(fakes)
+    provider: GcpProvider = fakes.provider(["proj-a"])
+    member = {i.name: i for i in provider.discover().instances}["l4-pool-x1"]
+    result = provider.stop(member)
+    assert (result.ok, result.permanent) == (False, True)
+    assert "managed instance group l4-pool" in result.message
+    assert fakes.cs.calls("POST", r"/stop$") == []

@@ -192,3 +192,21 @@ def test_alert_mode_reads_group_capacity_once_per_alert(tmp_path: Path) -> None:
     assert provider.group_reads == 1  # for the alert, not every cycle
     (owned,) = messages(world, "owned")
     assert "min 2 / desired 2 keeps these idle; set min and desired to 0" in owned
+
+
+def test_a_group_name_from_a_tag_cannot_ping_or_inject(tmp_path: Path) -> None:
+    from guardian.daemon.messages import Message, render
+
+    hostile = ManagedBy(Controller.AUTOSCALING_GROUP, "<!here> @channel [x](http://evil)")
+    world = World(tmp_path, config(), [make_instance("i-0", managed_by=hostile)])
+    world.cycle(NOW)
+    with world.store.reader() as tx:
+        (row,) = [r for r in tx.notifications_since(NOW) if r.kind == "owned"][:1]
+    message = Message.from_json(row.message)
+    for style in ("slack", "markdown", "html", "text"):
+        title, body = render(message, style)  # type: ignore[arg-type]
+        for text in (title, body):
+            assert "<!here>" not in text
+            assert "@channel" not in text
+        if style == "markdown":  # titles are plain text everywhere; bodies carry markup
+            assert "](http://evil)" not in body
