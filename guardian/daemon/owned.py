@@ -17,6 +17,7 @@ open ``gated:stop_protection:`` condition is what spares the next cycles that ca
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -55,6 +56,7 @@ log = structlog.get_logger(__name__)
 GATED = "gated:"
 GROUP = "group:"
 _LISTED_MEMBERS = 10
+_MAX_KEY = 200  # the conditions table's key is 300 characters, "gated:<reason>:" included
 
 
 @dataclass(frozen=True)
@@ -70,11 +72,15 @@ def group_key(instance: GpuInstance, reason: str) -> str:
     """Who is told together: a controller's or a reservation's members, else the instance."""
     where = f"{instance.provider}:{instance.account}"
     if reason == "reserved" and instance.reservation is not None:
-        return f"{where}:reservation:{instance.reservation}"
-    owner = instance.managed_by
-    if reason == "managed" and owner is not None:
-        return f"{where}:{instance.region}:{owner.kind}:{owner.cluster or ''}:{owner.name}"
-    return f"{reason}:{instance.key}"
+        key = f"{where}:reservation:{instance.reservation}"
+    elif reason == "managed" and instance.managed_by is not None:
+        owner = instance.managed_by
+        key = f"{where}:{instance.region}:{owner.kind}:{owner.cluster or ''}:{owner.name}"
+    else:
+        key = f"{reason}:{instance.key}"
+    if len(key) > _MAX_KEY:  # names come from tags (up to 255 characters): keep keys bounded
+        key = f"{key[: _MAX_KEY - 17]}:{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    return key
 
 
 def protection_block(instance: GpuInstance) -> Block:

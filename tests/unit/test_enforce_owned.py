@@ -210,3 +210,13 @@ def test_a_group_name_from_a_tag_cannot_ping_or_inject(tmp_path: Path) -> None:
             assert "@channel" not in text
         if style == "markdown":  # titles are plain text everywhere; bodies carry markup
             assert "](http://evil)" not in body
+
+
+def test_group_keys_stay_bounded_and_distinct() -> None:
+    from guardian.daemon.owned import group_key
+
+    long_a = make_instance("i-a", managed_by=ManagedBy(Controller.AUTOSCALING_GROUP, "a" * 255))
+    long_b = make_instance("i-b", managed_by=ManagedBy(Controller.AUTOSCALING_GROUP, "a" * 254))
+    keys = {group_key(long_a, "managed"), group_key(long_b, "managed")}
+    assert len(keys) == 2
+    assert all(len(key) <= 200 for key in keys)
