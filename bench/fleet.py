@@ -42,7 +42,7 @@ from typing import Any
 
 from bench.fleet_seed import FleetShape, SeededFleet, seed
 from guardian.config import Config
-from guardian.providers.aws.metrics import instance_series_specs
+from guardian.providers.factory import aws_instance_series
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -177,7 +177,7 @@ def budgets(
     fleet: SeededFleet, regions: Sequence[str], guardian: Run, type_pages: int
 ) -> list[Check]:
     # One more ListMetrics per region for each listed per-instance series (local disks).
-    listed = len(instance_series_specs(Config()))
+    listed = sum(1 for spec in aws_instance_series(Config()) if spec.listed)
     cw_budget = sum(2 * math.ceil(fleet.series.get(r, 0) / LIST_PAGE) + 1 + listed for r in regions)
     ec2_budget = sum(
         math.ceil(len(fleet.in_region(r)) / INSTANCES_PER_PAGE)

@@ -23,7 +23,6 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, Final, Literal
 
-from guardian.config import Config
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.aws.limits import AwsLimits
 from guardian.series import reduce_gpu_series
@@ -38,7 +37,6 @@ __all__ = [
     "Query",
     "aligned_window",
     "fetch_batch",
-    "instance_series_specs",
     "list_instance_series",
     "plan_batches",
     "queries_per_call",
@@ -73,24 +71,6 @@ class InstanceSeriesSpec:
     listed: bool = True
     stat: str = "Maximum"
     scale: float = 1.0  # CloudWatch's unit → guardian's
-
-
-def instance_series_specs(config: Config) -> tuple[InstanceSeriesSpec, ...]:
-    """Every per-instance series the config asks for, read beside the GPUs' series.
-
-    One entry per signal; a signal whose metric name is empty, or that nothing would use, is
-    not read (each listed one costs a ListMetrics per region and cycle).
-    """
-    metrics = config.aws.metrics
-    specs: list[InstanceSeriesSpec] = []
-    if metrics.local_disk_used and config.enforce.local_disks == "stop-if-unused":
-        # `guardian agent`: instance store used beyond empty filesystems, Unit Megabytes (MiB).
-        specs.append(
-            InstanceSeriesSpec(
-                InstanceMetric.LOCAL_DISK_USED_MIB, metrics.namespace, metrics.local_disk_used
-            )
-        )
-    return tuple(specs)
 
 
 @dataclass(frozen=True)

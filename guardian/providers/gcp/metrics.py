@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
-from guardian.config import Config
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.gcp.errors import map_google_error
 from guardian.series import reduce_gpu_series
@@ -33,7 +32,6 @@ __all__ = [
     "ProjectSeries",
     "build_request",
     "fetch_project_series",
-    "instance_series_specs",
     "metric_filter",
     "utilisation_for",
 ]
@@ -54,21 +52,6 @@ class GcpInstanceSeriesSpec:
     key: InstanceMetric
     metric_type: str
     scale: float = 1.0  # Monitoring's unit → guardian's
-
-
-def instance_series_specs(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
-    """Every per-instance series the config asks for: one more ListTimeSeries per project and
-    signal, so a signal that is switched off or unused is not read."""
-    metrics = config.gcp.metrics
-    specs: list[GcpInstanceSeriesSpec] = []
-    if metrics.local_disk_used and config.enforce.local_disks == "stop-if-unused":
-        # `guardian agent`: local SSD used beyond empty filesystems, in bytes.
-        specs.append(
-            GcpInstanceSeriesSpec(
-                InstanceMetric.LOCAL_DISK_USED_MIB, metrics.local_disk_used, 1 / _MIB
-            )
-        )
-    return tuple(specs)
 
 
 def memory_state_label(metric_type: str) -> str:
