@@ -13,8 +13,9 @@
    instance, GPU and metric, as Cloud Custodian's metrics filter reads metrics
    (``bench.fleet_child``), with verdicts from the same ``policy.decide``.
 5. Prints both side by side with the ratio, then checks the budgets and prints PASS/FAIL:
-   - CloudWatch calls <= sum over regions of (2 x ceil(series_r / 500) + 1), series_r = GPU
-     series seeded in the region (both metrics);
+   - CloudWatch calls <= sum over regions of (2 x ceil(series_r / 500) + 1 + L), series_r = GPU
+     series seeded in the region (both metrics), L = listed per-instance series read beside
+     them (1: the agent's local-disk metric, one ListMetrics per region);
    - EC2 calls <= sum over regions of (ceil(N_r / 1000) + P) + ceil(spot_r / 200), P = pages of
      a full DescribeInstanceTypes on this server; the last term is the spot-request lookup;
    - peak RSS of the audit <= 200 MB;
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from bench.fleet_seed import FleetShape, SeededFleet, seed
+from guardian.config import Config
+from guardian.providers.factory import aws_instance_series
 
 ROOT = Path(__file__).resolve().parent.parent
 ALL_REGIONS = ("us-east-1", "us-west-2", "eu-west-1")
@@ -173,7 +176,9 @@ class Check:
 def budgets(
     fleet: SeededFleet, regions: Sequence[str], guardian: Run, type_pages: int
 ) -> list[Check]:
-    cw_budget = sum(2 * math.ceil(fleet.series.get(r, 0) / LIST_PAGE) + 1 for r in regions)
+    # One more ListMetrics per region for each listed per-instance series (local disks).
+    listed = sum(1 for spec in aws_instance_series(Config()) if spec.listed)
+    cw_budget = sum(2 * math.ceil(fleet.series.get(r, 0) / LIST_PAGE) + 1 + listed for r in regions)
     ec2_budget = sum(
         math.ceil(len(fleet.in_region(r)) / INSTANCES_PER_PAGE)
         + type_pages

@@ -110,7 +110,7 @@ def _config(workdir: Path, regions: Sequence[str], receiver_port: int) -> Path:
         "cost: {lookback: 2h}\n"
         "idle: {grace: 15m}\n"
         # Every GPU type in the mix has local NVMe: without this every stop is blocked.
-        "enforce: {allow_instance_store_loss: true}\n"
+        "enforce: {local_disks: stop}\n"
         f"aws: {{regions: [{', '.join(regions)}]}}\n"
         f"notify: {{urls: ['json://127.0.0.1:{receiver_port}/'], digest: ''}}\n"
     )

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import structlog
 import yaml
 from pydantic import (
     BaseModel,
@@ -42,7 +43,10 @@ __all__ = [
     "load_config",
     "mask_secret_url",
     "masked_dump",
+    "parse_size_mib",
 ]
+
+log = structlog.get_logger(__name__)
 
 DEFAULT_SEARCH_PATHS: tuple[Path, ...] = (
     Path("/etc/gpu-guardian/guardian.yaml"),
@@ -58,6 +62,43 @@ Duration = Annotated[
 
 NOTEBOOK_WINDOW_MIN = timedelta(minutes=10)
 NOTEBOOK_WINDOW_MAX = timedelta(days=7)
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)\s*$")
+_SIZE_MIB = {
+    "KiB": 1 / 1024,
+    "MiB": 1.0,
+    "GiB": 1024.0,
+    "TiB": 1024.0**2,
+    "kB": 1e3 / 2**20,
+    "KB": 1e3 / 2**20,
+    "MB": 1e6 / 2**20,
+    "GB": 1e9 / 2**20,
+    "TB": 1e12 / 2**20,
+}
+
+
+def parse_size_mib(value: str | float) -> float:
+    """``"1GiB"`` → 1024.0 (MiB). A unit is required: a bare number could mean anything."""
+    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
+        return 0.0
+    match = _SIZE.match(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 1GiB, 2GB)")
+    return float(match.group(1)) * _SIZE_MIB[match.group(2)]
+
+
+def format_size_mib(mib: float) -> str:
+    """The shortest exact binary form: 1024.0 → ``1GiB``, 1536.0 → ``1536MiB``."""
+    for unit, size in (("TiB", 1024.0**2), ("GiB", 1024.0)):
+        if mib >= size and mib % size == 0:
+            return f"{mib / size:g}{unit}"
+    return f"{mib:g}MiB"
+
+
+SizeMiB = Annotated[
+    float,
+    BeforeValidator(parse_size_mib),
+    PlainSerializer(format_size_mib, return_type=str),
+]
 
 
 class Mode(StrEnum):
@@ -113,9 +154,45 @@ class LimitsConfig(_Section):
     max_idle_fraction: float = Field(0.5, gt=0, le=1)
 
 
+_DEPRECATED_LOCAL_DISKS = "allow_instance_store_loss"
+
+
 class EnforceConfig(_Section):
-    allow_instance_store_loss: bool = False
+    # Instance store / local SSD, wiped by a stop: stop only when the agent reports them unused
+    # (stop-if-unused), never (alert), or regardless of what they hold (stop).
+    local_disks: Literal["stop-if-unused", "alert", "stop"] = "stop-if-unused"
+    # "Unused": less than this beyond empty filesystems (how: docs/enforcement.md)
+    local_disk_unused_below: SizeMiB = 1024.0
+    # Plain Auto Scaling groups: alert-only, or Standby (desired capacity decremented) then stop.
+    autoscaling_groups: Literal["alert", "standby"] = "alert"
     hibernate: bool = False
+
+    @field_validator("local_disk_unused_below")
+    @classmethod
+    def _sensible_threshold(cls, mib: float) -> float:
+        if mib <= 0:
+            raise ValueError("must be above 0 (to never stop, set enforce.local_disks: alert)")
+        if mib > 1024.0**2:
+            raise ValueError("at most 1TiB: more than that in use is data somebody needs")
+        return mib
+
+    @model_validator(mode="before")
+    @classmethod
+    def _deprecated_alias(cls, data: Any) -> Any:
+        """``allow_instance_store_loss`` (before local_disks): true = stop, false = alert."""
+        if not isinstance(data, Mapping) or _DEPRECATED_LOCAL_DISKS not in data:
+            return data
+        data = dict(data)
+        allow = data.pop(_DEPRECATED_LOCAL_DISKS)
+        if not isinstance(allow, bool):
+            raise ValueError(f"{_DEPRECATED_LOCAL_DISKS}: expected true or false, got {allow!r}")
+        meant = "stop" if allow else "alert"
+        if data.setdefault("local_disks", meant) != meant:
+            raise ValueError(
+                f"{_DEPRECATED_LOCAL_DISKS} (deprecated) contradicts local_disks: "
+                f"{data['local_disks']}; keep only local_disks"
+            )
+        return data
 
 
 class MetricsConfig(_Section):
@@ -127,6 +204,9 @@ class AwsMetricsConfig(_Section):
     gpu_util: str = "nvidia_smi_utilization_gpu"
     gpu_mem_used: str = "nvidia_smi_memory_used"
     period: int = Field(60, ge=1)
+    # Published by `guardian agent` (Unit Megabytes, in fact MiB, dimensions exactly InstanceId)
+    # in `namespace`: instance store used beyond empty filesystems. "" = not read.
+    local_disk_used: str = "guardian_local_disk_used"
 
 
 class AwsAccount(_Section):
@@ -182,6 +262,8 @@ class GcpMetricsConfig(_Section):
     gpu_util: str = "agent.googleapis.com/gpu/utilization"
     gpu_mem_used: str = "agent.googleapis.com/gpu/memory/bytes_used"
     period: int = Field(60, ge=1)
+    # Published by `guardian agent` (bytes): local SSD used beyond empty filesystems. "" = off.
+    local_disk_used: str = "custom.googleapis.com/guardian/local_disk/used_bytes"
 
 
 class GcpProjectsBelow(_Section):
@@ -411,9 +493,18 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
 
 def parse_config(data: Mapping[str, Any], source: str = "config") -> Config:
     try:
-        return Config.model_validate(data)
+        config = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(f"{source}: {_describe(exc)}") from exc
+    enforce = data.get("enforce")
+    if isinstance(enforce, Mapping) and _DEPRECATED_LOCAL_DISKS in enforce:
+        log.warning(
+            "config_key_deprecated",
+            source=source,
+            key=f"enforce.{_DEPRECATED_LOCAL_DISKS}",
+            use=f"enforce.local_disks: {config.enforce.local_disks}",
+        )
+    return config
 
 
 def load_config(

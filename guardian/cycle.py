@@ -13,7 +13,7 @@ from datetime import datetime
 import structlog
 
 from guardian.config import Config
-from guardian.model import Finding, GpuInstance, GpuUtilisation
+from guardian.model import Finding, GpuInstance, GpuUtilisation, InstanceMetric
 from guardian.policy import decide
 from guardian.prices import PriceCatalog, assess
 from guardian.providers import Discovery, Provider, Unit, UnitError
@@ -128,4 +128,5 @@ def _finding(
     price = assess(catalog, instance)
     decision = decide(instance, utilisation, price, config, now)
     spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
-    return Finding(instance, price, decision, spark)
+    local_disk = utilisation.newest(InstanceMetric.LOCAL_DISK_USED_MIB)
+    return Finding(instance, price, decision, spark, local_disk_used=local_disk)

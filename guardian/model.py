@@ -12,6 +12,7 @@ from datetime import datetime
 from enum import StrEnum
 
 __all__ = [
+    "Controller",
     "CpuEquivalent",
     "Decision",
     "Finding",
@@ -20,8 +21,10 @@ __all__ = [
     "GpuUtilisation",
     "InstanceMetric",
     "Lifecycle",
+    "ManagedBy",
     "Point",
     "PriceAssessment",
+    "ScalingGroup",
     "Verdict",
 ]
 
@@ -55,6 +58,45 @@ class Lifecycle(StrEnum):
     PREEMPTIBLE = "preemptible"  # GCP legacy preemptible VM
 
 
+class Controller(StrEnum):
+    """What can own an instance and replace it when it is stopped (``managed_by.kind``)."""
+
+    AUTOSCALING_GROUP = "autoscaling-group"  # a plain EC2 Auto Scaling group
+    EKS_NODEGROUP = "eks-nodegroup"
+    KARPENTER = "karpenter"
+    KUBERNETES = "kubernetes"  # a self-managed Kubernetes node (kubernetes.io/cluster/* tag)
+    BATCH = "batch"  # AWS Batch compute environment
+    PARALLELCLUSTER = "parallelcluster"
+    EMR = "emr"
+    EC2_FLEET = "ec2-fleet"
+    SPOT_FLEET = "spot-fleet"
+    MIG = "managed-instance-group"  # GCP
+    GKE = "gke"
+    DATAPROC = "dataproc"
+    GCP_BATCH = "gcp-batch"
+    WORKBENCH = "workbench"  # Vertex AI Workbench
+
+
+@dataclass(frozen=True)
+class ManagedBy:
+    """The controller that owns an instance: stopping it would fight the controller."""
+
+    kind: Controller
+    name: str  # the group, node pool, cluster or fleet that owns it
+    cluster: str | None = None  # the cluster a node group or node pool belongs to
+
+
+@dataclass(frozen=True)
+class ScalingGroup:
+    """An Auto Scaling group's capacity, read when enforcement needs it (never per cycle)."""
+
+    name: str
+    min_size: int
+    desired: int
+    max_size: int
+    standby: frozenset[str] = frozenset()  # instance ids in Standby already
+
+
 @dataclass(frozen=True)
 class GpuInstance:
     """One running GPU instance (AWS) or VM (GCP), as discovered."""
@@ -76,11 +118,19 @@ class GpuInstance:
     has_instance_store: bool = False  # AWS instance store / GCP local SSD: lost on stop
     spot_one_time: bool = False  # AWS one-time spot requests cannot be stopped at all
     hibernation_configured: bool = False
+    managed_by: ManagedBy | None = None  # a controller that would replace it if stopped
+    # The capacity reservation or block it runs in (AWS cr-…, "capacity block", GCP
+    # reservation name): paid whether it runs or not, so a stop saves nothing.
+    reservation: str | None = None
 
     @property
     def key(self) -> str:
         """Stable identity across cycles: provider, account and id."""
         return f"{self.provider}:{self.account}:{self.instance_id}"
+
+    @property
+    def reserved(self) -> bool:
+        return self.reservation is not None
 
 
 @dataclass(frozen=True, slots=True)  # the most numerous object: a fleet holds millions
@@ -170,3 +220,6 @@ class Finding:
     price: PriceAssessment
     decision: Decision
     sparkline: tuple[float | None, ...] = ()  # the last hour, one value per period (None = gap)
+    # The newest reading of the agent's local-disk metric (MiB used beyond empty filesystems),
+    # None when not reported: the local-disk gate of enforcement reads it.
+    local_disk_used: Point | None = None

@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
+from guardian.errors import ProviderError
 from guardian.model import GpuInstance, GpuSample, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
@@ -70,11 +71,18 @@ class FakeProvider:
     instances: list[GpuInstance]
     samples: dict[str, tuple[GpuSample, ...]] = field(default_factory=dict)
     errors: list[UnitError] = field(default_factory=list)
+    # instance key → its per-instance series (the agent's local-disk reading, ...)
+    instance_series: dict[str, dict[InstanceMetric, tuple[Point, ...]]] = field(
+        default_factory=dict
+    )
     name: str = "aws"
     stopped: list[str] = field(default_factory=list)
     utilisation_calls: int = 0
     # The agent's notebook signal per instance key, read beside the GPUs' as the clouds do.
     notebook: dict[str, tuple[Point, ...]] = field(default_factory=dict)
+    stop_protected: set[str] = field(default_factory=set)  # instance keys with DisableApiStop
+    protection_reads: list[str] = field(default_factory=list)  # keys asked about, in order
+    describe_calls: int = 0
 
     def units(self) -> UnitPlan:
         found = {Unit(self.name, i.account, i.region) for i in self.instances}
@@ -98,8 +106,10 @@ class FakeProvider:
         self.utilisation_calls += 1
         for instance in instances:
             series = tuple(s for s in self.samples.get(instance.key, ()) if start <= s.at <= end)
+            extra = dict(self.instance_series.get(instance.key, {}))
             points = tuple(p for p in self.notebook.get(instance.key, ()) if start <= p[0] <= end)
-            extra = {InstanceMetric.NOTEBOOK_IDLE_S: points} if points else {}
+            if points:
+                extra[InstanceMetric.NOTEBOOK_IDLE_S] = points
             yield (
                 instance.key,
                 (
@@ -112,6 +122,19 @@ class FakeProvider:
     def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
         self.stopped.append(instance.key)
         return StopResult(instance.key, True, "hibernate" if hibernate else "stop")
+
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        self.describe_calls += 1
+        for found in self.instances:
+            if found.instance_id == instance.instance_id:
+                return found
+        if self.errors:
+            raise ProviderError(self.errors[0].message, provider=self.name)
+        raise ProviderError(f"instance {instance.instance_id} not found", provider=self.name)
+
+    def stop_protection(self, instance: GpuInstance) -> bool | None:
+        self.protection_reads.append(instance.key)
+        return instance.key in self.stop_protected
 
     def close(self) -> None:
         pass

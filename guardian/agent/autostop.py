@@ -2,10 +2,13 @@
 
 The sequence is the daemon's warn-then-stop ladder (``guardian.policy.ladder``) on the agent's own
 verdicts. At the deadline the agent re-reads its instance from the cloud (tags may have been
-set to protect it meanwhile) and applies the same safety gates as the daemon before calling
-``Provider.stop``: protection tags, instance-store data, one-time spot. A person on the machine
-can postpone it with ``guardian agent keep 2h``, which writes a file in the run directory
-(``guardian.agent.status``).
+set to protect it meanwhile) — ``Provider.describe``: one DescribeInstances by id on AWS, one
+``instances.get`` on GCP, never a region's discovery — and applies the same safety gates as the
+daemon before calling ``Provider.stop``: protection tags, a controller that owns it (an agent on
+an Auto Scaling group's member never stops its own machine, not even in Standby mode: that is
+the daemon's job), reserved capacity, one-time spot, and its local disks as it measures them.
+A person on the machine can postpone it with ``guardian agent keep 2h``, which writes a file in
+the run directory (``guardian.agent.status``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import structlog
 
 from guardian.config import Config
 from guardian.errors import ProviderError
-from guardian.model import Decision, GpuInstance
+from guardian.model import Decision, GpuInstance, Point
 from guardian.policy import NOTEBOOK_ADVICE, Episode, Step, instance_block, next_step
 from guardian.providers import Provider, StopResult
 
@@ -41,32 +44,26 @@ log = structlog.get_logger(__name__)
 class StopTarget(Protocol):
     """The agent's own instance in its cloud: a fresh description, and the stop call."""
 
-    def describe(self) -> GpuInstance: ...
+    def describe(self, instance: GpuInstance) -> GpuInstance: ...
     def stop(self, instance: GpuInstance, *, hibernate: bool) -> StopResult: ...
 
 
 class CloudTarget:
-    """``StopTarget`` over any ``Provider``: discovery filtered to our own instance id."""
+    """``StopTarget`` over any ``Provider``: ``Provider.describe`` of our own instance."""
 
     def __init__(self, provider: Provider, instance_id: str) -> None:
         self.provider = provider
         self.instance_id = instance_id
 
-    def describe(self) -> GpuInstance:
-        discovery = self.provider.discover()
-        for instance in discovery.instances:
-            if instance.instance_id == self.instance_id:
-                return instance
-        if discovery.errors:
-            first = discovery.errors[0]
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        fresh = self.provider.describe(instance)
+        if fresh.instance_id != self.instance_id:
             raise ProviderError(
-                f"{first.operation} failed: {first.message}", provider=first.provider
+                f"the {self.provider.name} API described {fresh.instance_id}, not "
+                f"{self.instance_id}",
+                provider=self.provider.name,
             )
-        raise ProviderError(
-            f"instance {self.instance_id} is not among the running GPU instances the "
-            f"{self.provider.name} API lists",
-            provider=self.provider.name,
-        )
+        return fresh
 
     def stop(self, instance: GpuInstance, *, hibernate: bool) -> StopResult:
         return self.provider.stop(instance, hibernate=hibernate)
@@ -123,6 +120,8 @@ _REFRESHED_FIELDS = (
     "has_instance_store",
     "spot_one_time",
     "hibernation_configured",
+    "managed_by",
+    "reservation",
 )
 
 
@@ -160,7 +159,7 @@ class Autostop:
     def _fresh(self, instance: GpuInstance, now: datetime) -> GpuInstance | None:
         self._refreshed_at = now
         try:
-            fresh = self.target.describe()
+            fresh = self.target.describe(instance)
         except ProviderError as exc:
             log.warning("instance_refresh_failed", error=str(exc))
             return None
@@ -170,7 +169,15 @@ class Autostop:
         )
         return self._latest
 
-    def step(self, decision: Decision, instance: GpuInstance, now: datetime) -> AutostopState:
+    def step(
+        self,
+        decision: Decision,
+        instance: GpuInstance,
+        now: datetime,
+        *,
+        local_disk: Point | None = None,
+    ) -> AutostopState:
+        """One poll's step; ``local_disk`` is the agent's own reading of its local disks."""
         if self.stopped:
             return AutostopState(Step.WAIT, self.episode, "stop requested", True)
         grace = self.config.idle.grace
@@ -191,7 +198,7 @@ class Autostop:
                 step, episode = Step.WARN, Episode(instance.key, now, now + grace)
                 message = self._warn(decision, instance, now, episode.deadline)
             else:
-                message = self._stop(instance, now)
+                message = self._stop(instance, now, local_disk)
         self.episode = episode
         return AutostopState(step, episode, message, self.stopped)
 
@@ -225,14 +232,14 @@ class Autostop:
         )
         return f"warned; stop at {deadline.isoformat()}"
 
-    def _stop(self, instance: GpuInstance, now: datetime) -> str:
+    def _stop(self, instance: GpuInstance, now: datetime, local_disk: Point | None) -> str:
         if self._attempted_at is not None and now - self._attempted_at < self.retry_every:
             return self._blocked or "waiting to retry the stop"
         self._attempted_at = now
         fresh = self._fresh(instance, now)
         if fresh is None:  # never stop on stale facts: the tags may protect it by now
             return self._not_stopping(instance, "cannot re-read the instance from the cloud API")
-        block = instance_block(fresh, self.config, now)
+        block = instance_block(fresh, self.config, now, local_disk=local_disk, agent=True)
         if block is not None:
             return self._not_stopping(fresh, block.detail)
         hibernate = self.config.enforce.hibernate and fresh.hibernation_configured

@@ -44,6 +44,7 @@ from guardian.policy import decide, protection
 if TYPE_CHECKING:
     from guardian.agent.autostop import Autostop
     from guardian.agent.gpu.nvml import Nvml
+    from guardian.agent.local_disks import LocalDiskProbe, LocalDisks
     from guardian.agent.notebook import NotebookWatch
     from guardian.agent.status import RunDir
 
@@ -69,6 +70,7 @@ log = structlog.get_logger(__name__)
 # the default 10 s over 2 h keeps every poll (720); 1 s merges 5 polls a sample.
 MAX_WINDOW_SAMPLES = 1440
 STATUS_EVERY_S = 5.0  # the status file's refresh at short intervals (`agent status` reads it)
+LOCAL_DISKS_EVERY_S = 60.0  # local disks change slowly; the metric is sent once a period
 # The agent has no price catalog: it judges idleness; `underused` is the daemon's job.
 NO_PRICE = PriceAssessment(
     hourly_price=None,
@@ -254,6 +256,7 @@ class Agent:
         run_dir: RunDir | None = None,
         backend: str = "nvml",
         notebooks: NotebookWatch | None = None,
+        local_disks: LocalDiskProbe | None = None,
     ) -> None:
         self.config = config
         self.nvml = nvml
@@ -275,6 +278,10 @@ class Agent:
         self._status_at = -math.inf
         self._status_key: tuple[object, ...] = ()
         self._decided_key: tuple[object, ...] = ()
+        self.local_disk_probe = local_disks
+        self._local: LocalDisks | None = None
+        self._local_at: datetime | None = None
+        self._local_read_at = -math.inf
 
     def poll(self) -> PollResult:
         """One measurement and decision. NVML errors are data here, never exceptions."""
@@ -287,8 +294,26 @@ class Agent:
         if self.autostop is not None:
             self.instance = self.autostop.refresh(self.instance, now)
         decision = self._decide(snapshot, keep_until, now)
-        state = self.autostop.step(decision, self.instance, now) if self.autostop else None
-        result = PollResult(snapshot, decision, state, keep_until, notebook)
+        self._read_local_disks(now)
+        local_used = (
+            (self._local_at, self._local.used_mib)
+            if self._local is not None and self._local.used_mib is not None and self._local_at
+            else None
+        )
+        state = (
+            self.autostop.step(decision, self.instance, now, local_disk=local_used)
+            if self.autostop
+            else None
+        )
+        result = PollResult(
+            snapshot,
+            decision,
+            state,
+            keep_until,
+            notebook=notebook,
+            local_disks=self._local,
+            local_disks_at=self._local_at,
+        )
         for sink in self.sinks:
             try:
                 sink.publish(result)
@@ -299,6 +324,20 @@ class Agent:
         self.polls += 1
         self.last = result
         return result
+
+    def _read_local_disks(self, now: datetime) -> None:
+        """The local disks, read once a minute at most; a failed read is unknown, never 0."""
+        if self.local_disk_probe is None:
+            return
+        if self.clock.monotonic() - self._local_read_at < LOCAL_DISKS_EVERY_S:
+            return
+        self._local_read_at = self.clock.monotonic()
+        try:
+            self._local = self.local_disk_probe.read()
+        except Exception:  # a probe bug must not stop measuring the GPUs
+            log.exception("local_disk_probe_failed")
+            self._local = None
+        self._local_at = now
 
     def facts(self) -> AgentFacts:
         """What the status file says about the agent itself."""

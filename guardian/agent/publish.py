@@ -45,6 +45,7 @@ __all__ = [
     "PrometheusSink",
     "cloudwatch_batches",
     "cloudwatch_datums",
+    "local_disk_datum",
     "parse_listen",
 ]
 
@@ -212,6 +213,22 @@ def cloudwatch_datums(
     return datums
 
 
+def local_disk_datum(result: PollResult, instance_id: str, config: Config) -> dict[str, Any] | None:
+    """``guardian_local_disk_used``: MiB of instance store in use beyond empty filesystems
+    (Unit Megabytes, as the GPU memory), dimensions exactly ``InstanceId``. None when there is
+    nothing to say: no local disks, or they could not be measured (unknown is never sent)."""
+    point = result.local_disk_used
+    if point is None or not config.aws.metrics.local_disk_used:
+        return None
+    return {
+        "MetricName": config.aws.metrics.local_disk_used,
+        "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+        "Timestamp": point[0],
+        "Value": float(point[1]),
+        "Unit": "Megabytes",
+    }
+
+
 def _flat(prefix: str, value: Any) -> Iterator[tuple[str, str]]:
     if isinstance(value, Mapping):
         for key, item in value.items():
@@ -286,6 +303,12 @@ class CloudWatchSink:
                     "Unit": "Seconds",
                 }
             )
+        first = self._last_flush is None
+        if first or (self._last_flush is not None and at - self._last_flush >= self.flush_every):
+            # Once a period (and at the start, so the daemon sees the disks soon).
+            local = local_disk_datum(result, self.instance_id, self.config)
+            if local is not None:
+                self._buffer.append(local)
         if self._last_flush is None:
             self._last_flush = at
         elif at - self._last_flush >= self.flush_every:
@@ -367,9 +390,13 @@ class GcpMonitoringSink:
         self._last_flush: datetime | None = None
         self._failing = False
         self.calls = 0
+        self.local_metric = metrics.local_disk_used
+        self._local_bytes: float | None = None  # the newest local-disk reading, in bytes
 
     def publish(self, result: PollResult) -> None:
         at = result.snapshot.sampled_at
+        local = result.local_disk_used
+        self._local_bytes = local[1] * _MIB if local is not None else None
         for gpu in result.snapshot.gpus:
             if gpu.gpu_util_pct is None:
                 continue
@@ -426,6 +453,14 @@ class GcpMonitoringSink:
                     metric={"type": NOTEBOOK_IDLE_METRIC_TYPE},
                     resource=resource,
                     points=[{"interval": interval, "value": {"double_value": self._notebook}}],
+                )
+            )
+        if self._local_bytes is not None and self.local_metric:
+            series.append(
+                monitoring_v3.TimeSeries(
+                    metric={"type": self.local_metric},
+                    resource=resource,
+                    points=[{"interval": interval, "value": {"double_value": self._local_bytes}}],
                 )
             )
         return series

@@ -254,6 +254,15 @@ def status_document(agent: AgentFacts, result: PollResult) -> dict[str, Any]:
             if stop is not None
             else None
         ),
+        "local_disks": (
+            {
+                "devices": list(result.local_disks.devices),
+                "mounts": list(result.local_disks.mounts),
+                "used_mib": result.local_disks.used_mib,
+            }
+            if result.local_disks is not None
+            else None
+        ),
     }
 
 

@@ -23,6 +23,7 @@ from guardian.durations import format_duration, parse_duration
 from guardian.errors import GuardianError
 
 if TYPE_CHECKING:
+    from guardian.agent.local_disks import LocalDiskProbe
     from guardian.agent.loop import Agent, Clock
     from guardian.agent.status import RunDir
     from guardian.providers import Provider
@@ -71,15 +72,18 @@ def build_agent(
     launch_time: datetime | None = None,
     provider_options: Mapping[str, Any] | None = None,
     proc_root: Path = Path("/proc"),
+    local_disks: LocalDiskProbe | None = None,
 ) -> tuple[Agent, list[Provider]]:
     """Every part of a running agent, from config. One-line GuardianErrors for what is missing:
     NVML (``NVML not available: …``), the run directory, the cloud metadata service.
 
     ``provider_options`` go to the provider's constructor (tests share a warmed-up catalog);
     ``proc_root`` is where GPU-holding processes are classified (tests build fake trees).
+    ``local_disks`` replaces the probe of this machine's /sys and /proc (tests: a fake tree).
     """
     from guardian.agent.autostop import Alerter, Autostop, CloudTarget, default_wall_command
     from guardian.agent.gpu.nvml import BACKEND_ENV, Nvml, load_backend
+    from guardian.agent.local_disks import LocalDiskProbe
     from guardian.agent.loop import Agent, SampleWindow, agent_horizon, boot_time, local_instance
     from guardian.agent.notebook import build_notebook_watch
 
@@ -151,22 +155,24 @@ def build_agent(
         run_dir=run_dir,
         backend=spec,
         notebooks=notebooks,
+        # What a stop would wipe: published with the GPU metrics, and autostop's own gate.
+        local_disks=(local_disks or LocalDiskProbe()) if identity is not None else None,
     )
     return agent, providers
 
 
 def own_provider(config: Config, cloud: str, region: str, account: str, **options: Any) -> Provider:
     """The provider scoped to this one machine's region or project, with its own credentials
-    (the instance role / service account), not the daemon's list of accounts."""
+    (the instance role / service account), not the daemon's list of accounts. Autostop only
+    describes and stops its own instance: it reads no metrics."""
+    from guardian.providers.factory import build_provider
+
+    options.setdefault("instance_series", ())
     if cloud == "aws":
-        from guardian.providers.aws.provider import AwsProvider
-
         aws = config.aws.model_copy(update={"enabled": True, "regions": [region], "accounts": []})
-        return AwsProvider(config.model_copy(update={"aws": aws}), **options)
-    from guardian.providers.gcp.provider import GcpProvider
-
+        return build_provider(config.model_copy(update={"aws": aws}), "aws", **options)
     gcp = config.gcp.model_copy(update={"enabled": True, "projects": [account]})
-    return GcpProvider(config.model_copy(update={"gcp": gcp}), **options)
+    return build_provider(config.model_copy(update={"gcp": gcp}), "gcp", **options)
 
 
 def run_agent(config: Config, *, backend: str | None, run_dir: RunDir, polls: int | None) -> None:
@@ -372,6 +378,13 @@ def render_status(doc: dict[str, Any]) -> list[str]:
             )
         for server in notebook.get("unread_servers") or []:
             lines.append(f"    unreadable Jupyter server: {server} (counts as a browser connected)")
+    disks = doc.get("local_disks")
+    if disks:
+        mounted = ", ".join(disks.get("mounts") or []) or "nothing mounted"
+        lines.append(
+            f"local disks: {', '.join(disks.get('devices') or [])} ({mounted}); "
+            f"{_num(disks.get('used_mib'), ' MiB')} in use beyond empty filesystems"
+        )
     lines.append(f"driver: {doc.get('driver_version') or '?'}")
     for problem in doc.get("problems") or []:
         lines.append(f"problem: {problem}")

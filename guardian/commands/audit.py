@@ -59,14 +59,14 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
         json.dump(findings_json(result, config), sys.stdout, indent=2)
         sys.stdout.write("\n")
     elif fmt is OutputFormat.CSV:
-        sys.stdout.write(findings_csv(result))
+        sys.stdout.write(findings_csv(result, config))
     else:
         from guardian.report.table import print_audit
 
         console = Console()
         if not console.is_terminal:
             console = Console(width=200)
-        print_audit(result, console)
+        print_audit(result, console, config)
 
 
 def audit(

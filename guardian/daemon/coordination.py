@@ -108,6 +108,7 @@ class Coordinator(Protocol):
     def finish(self, plan: CyclePlan, lease: Lease, report: UnitReport) -> None: ...
     def fence(self, tx: Tx, lease: Lease) -> None: ...
     def reserve_stop(self, tx: Tx, plan: CyclePlan, limit: int) -> bool: ...
+    def return_stop(self, tx: Tx, plan: CyclePlan) -> None: ...
     def heartbeat(self, cycle: int | None, running: int, done: int) -> None: ...
 
 
@@ -156,6 +157,11 @@ class LocalCoordinator:
                 return False
             self._stops = {plan.cycle: used + 1}
             return True
+
+    def return_stop(self, tx: Tx, plan: CyclePlan) -> None:
+        with self._lock:
+            used = self._stops.get(plan.cycle, 0)
+            self._stops = {plan.cycle: max(0, used - 1)}
 
     def heartbeat(self, cycle: int | None, running: int, done: int) -> None:
         return None
@@ -328,6 +334,12 @@ class DbCoordinator:
             {"cycle": plan.cycle, "limit": limit},
         ).first()
         return row is not None
+
+    def return_stop(self, tx: Tx, plan: CyclePlan) -> None:
+        tx.conn.execute(
+            sa.text("UPDATE cycle_plans SET stops = stops - 1 WHERE cycle = :cycle AND stops > 0"),
+            {"cycle": plan.cycle},
+        )
 
     def heartbeat(self, cycle: int | None, running: int, done: int) -> None:
         self._execute(

@@ -3,16 +3,20 @@
 Per cycle, on the findings of ``audit_cycle``: reconcile stops a crash interrupted, check the
 circuit breaker, walk each instance through ``ladder.next_step`` (one warning per episode) and,
 at the deadline, stop what is still idle — unless a gate blocks it, with the reason recorded.
+Idle instances that a controller owns, that run in reserved capacity or that have stop
+protection are never walked up the ladder: ``daemon.owned`` reports them by group, once per
+idle episode, with the knob that saves the money. A plain Auto Scaling group's member is put
+into Standby before its stop when ``enforce.autoscaling_groups: standby`` allows it.
 A stop writes its intent before the provider call and its outcome after, so a crash between the
 two is reconciled on restart, never repeated blindly and never lost. Never terminates or deletes.
+With replicas (``daemon.units``), one run covers one unit: every write is fenced by the unit's
+lease and the stop budget is shared in the database.
 """
 
 from __future__ import annotations
 
-from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any
 
 import structlog
 from sqlalchemy.exc import IntegrityError
@@ -22,53 +26,39 @@ from guardian.cycle import CycleResult
 from guardian.daemon.enforce_stop import (
     CycleState,
     EnforceSummary,
+    Recorder,
     RunBudget,
     StopSteps,
     UnitGuard,
 )
+from guardian.daemon.housekeeping import (
+    close_vanished,
+    reconcile_stops,
+    trip_breakers,
+    unit,
+    unit_failed,
+)
 from guardian.daemon.messages import (
     Message,
-    breaker_message,
     not_stopped_message,
-    reconciled_message,
     resumed_message,
     warning_message,
 )
 from guardian.daemon.notify import Notifier
+from guardian.daemon.owned import Owners, protection_block
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
-from guardian.model import Finding, GpuInstance, Verdict
-from guardian.policy import Step, instance_block, next_step, permanent_block
-from guardian.providers import Provider, Unit, UnitError
+from guardian.model import Finding, Verdict
+from guardian.policy import Block, Step, instance_block, next_step, permanent_block
+from guardian.providers import Provider, Unit
 
 __all__ = ["EnforceSummary", "Enforcer", "UnitGuard"]
 
 log = structlog.get_logger(__name__)
 
-_MEASURED = (Verdict.IDLE, Verdict.UNDERUSED, Verdict.BUSY)
-_BREAKER_MIN_IDLE = 3
-
-
-def _unit(instance: GpuInstance | InstanceRef) -> str:
-    return f"{instance.provider} {instance.account} {instance.region}"
-
-
-def _unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
-    """A listing failure that may have hidden this instance.
-
-    Errors name an account by id, or — when even that failed — by a label (``default``, a
-    role's name or ARN). A label could be any account, so it counts as this one: an episode is
-    kept open a cycle too long rather than closed by an outage.
-    """
-    listed = {finding.instance.account for finding in result.findings}
-    for error in result.errors:
-        if error.provider != ref.provider:
-            continue
-        if error.account == ref.account or error.account not in listed:
-            return error
-    return None
-
 
 class Enforcer(StopSteps):
+    _owners: Owners
+
     def __init__(
         self, config: Config, store: Store, notifier: Notifier, providers: Sequence[Provider]
     ) -> None:
@@ -76,6 +66,7 @@ class Enforcer(StopSteps):
         self._store = store
         self._notifier = notifier
         self._providers = {provider.name: provider for provider in providers}
+        self._owners = Owners(config, store, self._providers)
 
     def run(
         self,
@@ -89,51 +80,63 @@ class Enforcer(StopSteps):
         """Act on one cycle's findings at ``now`` — the time after the audit, so the time an
         audit takes is never taken out of anybody's grace period.
 
-        With ``unit``, ``result`` is that unit's audit and only its episodes and stop intents
-        are touched; ``guard`` fences every write and holds the cycle's stop budget.
+        With ``unit``, ``result`` is that unit's audit and only its episodes, stop intents and
+        gates are touched; ``guard`` fences every write and holds the cycle's stop budget.
         """
         budget = guard or RunBudget(self._config.limits.max_stops_per_cycle)
-        cyc = CycleState(now, result.generated_at, cycle_id, EnforceSummary(), budget)
+        rec = Recorder(self._notifier, now, cycle_id, budget)
+        cyc = CycleState(rec, result.generated_at, EnforceSummary())
 
         def mine(ref: InstanceRef) -> bool:
             return unit is None or unit.covers(ref.provider, ref.account, ref.region)
 
-        self._reconcile(result, cyc, mine)
+        cyc.summary.reconciled = reconcile_stops(self._store, result, rec, mine)
         if self._config.mode is Mode.AUDIT:
             return cyc.summary
-        cyc.tripped = self._circuit_breaker(result.findings, cyc)
+        limit = self._config.limits.max_idle_fraction
+        cyc.tripped = trip_breakers(self._store, result.findings, limit, rec)
+        cyc.summary.tripped_units = tuple(sorted(cyc.tripped))
         with self._store.reader() as tx:
             open_episodes = {k: e for k, e in tx.open_episodes().items() if mine(e.ref)}
+        self._owners.begin(result.findings, open_episodes)
         for finding in result.findings:  # most wasteful first: they get the stop budget
             episode = open_episodes.pop(finding.instance.key, None)
             with structlog.contextvars.bound_contextvars(instance_id=finding.instance.instance_id):
-                self._step(finding, episode, cyc)
-        self._close_vanished(open_episodes.values(), result, cyc)
+                block = self._owned_block(finding, episode, cyc)
+                if block is not None:
+                    self._leave_to_owner(finding, episode, block, cyc)
+                else:
+                    self._step(finding, episode, cyc)
+        close_vanished(self._store, open_episodes.values(), result, self._providers, cyc.rec)
+        failed = lambda ref: unit_failed(result, ref) is not None  # noqa: E731
+        cyc.summary.blocked.update(self._owners.settle(result, failed, rec, mine))
         return cyc.summary
 
-    # -- small helpers: every log row and alert carries the cycle's time and id ---------------
-    def _record(self, tx: Tx, cyc: CycleState, ref: InstanceRef, action: str, **fields: Any) -> int:
-        fields.setdefault("phase", "event")
-        return tx.record_action(
-            at=cyc.now,
-            cycle_id=cyc.cycle_id,
-            ref=ref,
-            action=action,
-            replica=cyc.guard.replica,
-            **fields,
-        )
+    # -- instances left to their owner: a controller, a reservation, stop protection ------------
+    def _owned_block(
+        self, finding: Finding, episode: EpisodeRow | None, cyc: CycleState
+    ) -> Block | None:
+        """The permanent gate that hands an idle instance to the group pass, if any."""
+        if finding.decision.verdict is not Verdict.IDLE or unit(finding.instance) in cyc.tripped:
+            return None  # a tripped breaker speaks for its whole unit; nothing else is said
+        return self._owners.block(finding, episode)
 
-    def _alert(
-        self, tx: Tx, cyc: CycleState, message: Message, key: str, inst: GpuInstance | None = None
+    def _leave_to_owner(
+        self, finding: Finding, episode: EpisodeRow | None, block: Block, cyc: CycleState
     ) -> None:
-        self._notifier.enqueue(
-            tx,
-            message,
-            at=cyc.now,
-            dedupe_key=key,
-            owner=inst.owner if inst is not None else None,
-            instance_key=inst.key if inst is not None else None,
-        )
+        inst = finding.instance
+        if episode is not None and episode.stop_state is None:  # warned before it was known
+            with self._store.transaction() as tx:
+                cyc.guard.fence(tx)
+                tx.close_episode(episode.id, cyc.now, f"alert_only:{block.reason}")
+                cyc.rec.record(
+                    tx,
+                    InstanceRef.of(inst),
+                    "close",
+                    reason=f"alert-only from now on: {block.detail}",
+                    episode_id=episode.id,
+                )
+        self._owners.leave(finding, block)
 
     # -- the ladder ----------------------------------------------------------------------------
     def _step(self, finding: Finding, episode: EpisodeRow | None, cyc: CycleState) -> None:
@@ -147,14 +150,21 @@ class Enforcer(StopSteps):
         elif step is Step.RESUMED and episode is not None:
             self._resume(finding, episode, cyc)
         elif step is Step.STOP and episode is not None and self._config.mode is Mode.ENFORCE:
-            stale = self._stale_reason(finding, episode, cyc.audited_at)
+            if episode.stop_state == "blocked" and episode.promise != "alert":
+                return  # a promised stop refused for good this episode: said once already
+            blocked = self._gate(finding, cyc) if episode.stop_state is None else None
+            if blocked is not None and blocked[2] and episode.promise != "alert":
+                # A stop was promised, but a permanent gate stands now (its local disks filled
+                # up, say): keeping the promise is unsafe, so say once that it is not kept.
+                self._block(finding, episode, blocked, cyc)
+                return
+            stale = self._stale_reason(finding, episode, cyc)
             if stale is not None:
                 with self._store.transaction() as tx:
                     cyc.guard.fence(tx)
                     tx.close_episode(episode.id, cyc.now, "rewarn")
-                    self._record(
+                    cyc.rec.record(
                         tx,
-                        cyc,
                         InstanceRef.of(inst),
                         "close",
                         reason=f"warned again: {stale}",
@@ -162,26 +172,46 @@ class Enforcer(StopSteps):
                     )
                 self._warn(finding, cyc)
             elif episode.stop_state is None:  # else acted on already: blocked for good, dry run
-                blocked = self._gate(finding, cyc)
                 if blocked is not None:
                     self._block(finding, episode, blocked, cyc)
                 else:
                     self._stop(finding, episode, cyc)
 
-    def _promise(self, inst: GpuInstance) -> str:
+    def _permanent(self, finding: Finding, cyc: CycleState) -> Block | None:
+        return permanent_block(
+            finding.instance, self._config, now=cyc.now, local_disk=finding.local_disk_used
+        )
+
+    def _promise(self, finding: Finding, cyc: CycleState) -> str:
         """What a warning given now promises: a stop, a dry-run stop, or an alert only."""
-        if self._config.mode is not Mode.ENFORCE or permanent_block(inst, self._config) is not None:
+        if self._config.mode is not Mode.ENFORCE or self._permanent(finding, cyc) is not None:
             return "alert"
         return "dry_run" if self._config.dry_run else "stop"
 
+    def _stop_protected(self, finding: Finding) -> bool:
+        """Before a warning that promises a stop: one DescribeInstanceAttribute. A protected
+        instance goes to the group pass (and its open condition spares later cycles the call)."""
+        inst = finding.instance
+        provider = self._providers.get(inst.provider)
+        if provider is None or provider.stop_protection(inst) is not True:
+            return False  # unreadable: warn; a refused stop is then recorded once, for good
+        self._owners.leave(finding, protection_block(inst))
+        log.info("stop_protection_found")
+        return True
+
     def _warn(self, finding: Finding, cyc: CycleState) -> None:
         inst = finding.instance
-        if _unit(inst) in cyc.tripped:
-            log.info("warning_suppressed", reason="circuit_breaker", unit=_unit(inst))
+        if unit(inst) in cyc.tripped:
+            log.info("warning_suppressed", reason="circuit_breaker", unit=unit(inst))
             return
         deadline = cyc.now + self._config.idle.grace
-        block = permanent_block(inst, self._config)
-        promise = self._promise(inst)
+        block = self._permanent(finding, cyc)
+        promise = self._promise(finding, cyc)
+        if promise != "alert" and self._stop_protected(finding):
+            return
+        group = self._owners.standby_group(inst)
+        if promise != "alert":
+            self._owners.claim(inst)
         message = warning_message(
             finding,
             now=cyc.now,
@@ -190,6 +220,7 @@ class Enforcer(StopSteps):
             dry_run=self._config.dry_run,
             alert_only_reason=block.detail if block else None,
             instance_store_loss=inst.has_instance_store and promise != "alert",
+            standby_group=inst.managed_by.name if group is not None and inst.managed_by else None,
         )
         try:
             with self._store.transaction() as tx:
@@ -219,9 +250,8 @@ class Enforcer(StopSteps):
     ) -> int:
         inst = finding.instance
         episode_id = tx.open_episode(InstanceRef.of(inst), cyc.now, deadline, promise)
-        self._record(
+        cyc.rec.record(
             tx,
-            cyc,
             InstanceRef.of(inst),
             "warn",
             outcome=promise,
@@ -229,7 +259,7 @@ class Enforcer(StopSteps):
             dry_run=self._config.dry_run,
             episode_id=episode_id,
         )
-        self._alert(tx, cyc, message, f"warn:{episode_id}", inst)
+        cyc.rec.alert(tx, message, f"warn:{episode_id}", inst)
         return episode_id
 
     def _resume(self, finding: Finding, episode: EpisodeRow, cyc: CycleState) -> None:
@@ -237,22 +267,19 @@ class Enforcer(StopSteps):
         with self._store.transaction() as tx:
             cyc.guard.fence(tx)
             tx.close_episode(episode.id, cyc.now, f"resumed:{verdict.value}")
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 InstanceRef.of(inst),
                 "resume",
                 outcome=verdict.value,
                 reason="; ".join(finding.decision.reasons),
                 episode_id=episode.id,
             )
-            self._alert(tx, cyc, resumed_message(finding), f"resumed:{episode.id}", inst)
+            cyc.rec.alert(tx, resumed_message(finding), f"resumed:{episode.id}", inst)
         cyc.summary.resumed += 1
         log.info("instance_resumed", verdict=verdict.value)
 
-    def _stale_reason(
-        self, finding: Finding, episode: EpisodeRow, audited_at: datetime
-    ) -> str | None:
+    def _stale_reason(self, finding: Finding, episode: EpisodeRow, cyc: CycleState) -> str | None:
         """Why the warning no longer covers a stop now, if it does not.
 
         The warning must have promised this stop (settings may have changed since), and the
@@ -260,7 +287,8 @@ class Enforcer(StopSteps):
         has to start before it. A run that starts later means it was busy in between — e.g.
         while the daemon was down — so it gets a fresh warning and a fresh grace period.
         """
-        if episode.promise != self._promise(finding.instance):
+        audited_at = cyc.audited_at
+        if episode.promise != self._promise(finding, cyc):
             return f"the warning promised {episode.promise!r}; the settings now differ"
         decision = finding.decision
         if decision.idle_minutes is None or decision.newest_sample_age_s is None:
@@ -278,17 +306,26 @@ class Enforcer(StopSteps):
     def _gate(self, finding: Finding, cyc: CycleState) -> tuple[str, str, bool] | None:
         """The first safety gate that blocks a stop: (reason, explanation, for good)."""
         inst = finding.instance
-        block = instance_block(inst, self._config, cyc.now)  # this cycle's tags, right now
+        block = instance_block(  # this cycle's tags and local-disk reading, right now
+            inst, self._config, cyc.now, local_disk=finding.local_disk_used
+        )
+        block = block or self._owners.room_block(inst)
         if block is not None:
             return block.reason, block.detail, block.permanent
-        if _unit(inst) in cyc.tripped:
-            return "circuit_breaker", f"circuit breaker tripped in {_unit(inst)}", False
+        if unit(inst) in cyc.tripped:
+            return "circuit_breaker", f"circuit breaker tripped in {unit(inst)}", False
+        # limits.max_stops_per_cycle is taken with the stop intent (``StopSteps``): shared by
+        # every replica, and given back when the cloud refuses a stop for good.
         if inst.provider not in self._providers:
             return "no_provider", f"provider {inst.provider} is not configured", False
         return None
 
     def _block(
-        self, finding: Finding, episode: EpisodeRow, blocked: tuple[str, str, bool], cyc: CycleState
+        self,
+        finding: Finding,
+        episode: EpisodeRow,
+        blocked: tuple[str, str, bool],
+        cyc: CycleState,
     ) -> None:
         reason, text, permanent = blocked
         log.info("stop_blocked", reason=reason, detail=text)
@@ -297,9 +334,8 @@ class Enforcer(StopSteps):
         inst = finding.instance
         with self._store.transaction() as tx:
             cyc.guard.fence(tx)
-            self._record(
+            cyc.rec.record(
                 tx,
-                cyc,
                 InstanceRef.of(inst),
                 "block",
                 outcome=reason,
@@ -312,111 +348,5 @@ class Enforcer(StopSteps):
             )
             if permanent:
                 message = not_stopped_message(finding, text)
-                self._alert(tx, cyc, message, f"not_stopped:{episode.id}", inst)
+                cyc.rec.alert(tx, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1
-
-    # -- housekeeping around the ladder --------------------------------------------------------
-    def _reconcile(
-        self, result: CycleResult, cyc: CycleState, mine: Callable[[InstanceRef], bool]
-    ) -> None:
-        """Give every stop intent without an outcome (a crash mid-stop) its outcome now."""
-        with self._store.reader() as tx:
-            pending = [intent for intent in tx.pending_intents() if mine(intent.ref)]
-        running = {finding.instance.key for finding in result.findings}
-        for intent in pending:
-            failed_unit = _unit_failed(result, intent.ref)
-            if intent.ref.instance_key in running:
-                outcome = "not_executed"
-                detail = "still running after a restart: the stop did not take effect"
-            elif failed_unit is not None:
-                outcome = "unknown"
-                detail = f"could not check after a restart: {failed_unit.message}"
-            else:
-                outcome = "ok"
-                detail = "no longer running after a restart: the stop took effect"
-            label = f"{intent.ref.name or intent.ref.instance_id} ({intent.ref.instance_id})"
-            with self._store.transaction() as tx:
-                cyc.guard.fence(tx)
-                self._record(
-                    tx,
-                    cyc,
-                    intent.ref,
-                    intent.action,
-                    phase="outcome",
-                    outcome=outcome,
-                    reason=detail,
-                    intent_id=intent.id,
-                    episode_id=intent.episode_id,
-                )
-                if outcome == "ok" and intent.episode_id is not None:
-                    tx.close_episode(intent.episode_id, cyc.now, "stopped")
-                elif intent.episode_id is not None:
-                    tx.release_stop(intent.episode_id)
-                message = reconciled_message(label, outcome, detail)
-                self._alert(tx, cyc, message, f"reconciled:{intent.id}")
-            cyc.summary.reconciled += 1
-            log.warning(
-                "stop_reconciled",
-                instance_id=intent.ref.instance_id,
-                intent_id=intent.id,
-                outcome=outcome,
-            )
-
-    def _circuit_breaker(self, findings: Sequence[Finding], cyc: CycleState) -> set[str]:
-        """Units where too many instances look idle at once: a metrics pipeline, not a fleet."""
-        measured: Counter[str] = Counter()
-        idle: dict[str, list[Finding]] = defaultdict(list)
-        for finding in findings:
-            if finding.decision.verdict in _MEASURED:
-                measured[_unit(finding.instance)] += 1
-            if finding.decision.verdict is Verdict.IDLE:
-                idle[_unit(finding.instance)].append(finding)
-        limit = self._config.limits.max_idle_fraction
-        tripped = {
-            unit
-            for unit, items in idle.items()
-            if len(items) >= _BREAKER_MIN_IDLE and len(items) / measured[unit] > limit
-        }
-        with self._store.transaction() as tx:
-            cyc.guard.fence(tx)
-            already = tx.open_conditions("breaker:")
-            for unit in sorted(tripped - {k.removeprefix("breaker:") for k in already}):
-                detail = f"{len(idle[unit])} of {measured[unit]} measured instances idle"
-                tx.open_condition(f"breaker:{unit}", cyc.now, detail)
-                message = breaker_message(unit, idle[unit], measured[unit], limit)
-                self._alert(tx, cyc, message, f"breaker:{unit}:{cyc.now.isoformat()}")
-                log.error("circuit_breaker_tripped", unit=unit, detail=detail)
-            for key in already:
-                unit = key.removeprefix("breaker:")
-                if unit not in tripped and measured[unit] > 0:
-                    tx.close_condition(key)
-                    log.info("circuit_breaker_cleared", unit=unit)
-        cyc.summary.tripped_units = tuple(sorted(tripped))
-        return tripped
-
-    def _close_vanished(
-        self, episodes: Iterable[EpisodeRow], result: CycleResult, cyc: CycleState
-    ) -> None:
-        """Episodes of instances no longer running: stopped or terminated by someone else.
-
-        Closed only when their provider listed its instances without error, so an API outage
-        never ends an episode (which would re-warn) — and a machine started again later starts
-        a new episode with a new warning rather than inheriting a past deadline.
-        """
-        for episode in episodes:
-            if episode.ref.provider not in self._providers:
-                continue
-            if _unit_failed(result, episode.ref) is not None:
-                continue
-            with self._store.transaction() as tx:
-                cyc.guard.fence(tx)
-                tx.close_episode(episode.id, cyc.now, "vanished")
-                self._record(
-                    tx,
-                    cyc,
-                    episode.ref,
-                    "close",
-                    episode_id=episode.id,
-                    reason="no longer running: stopped or terminated outside guardian",
-                )
-            log.info("episode_closed", instance_id=episode.ref.instance_id, reason="vanished")

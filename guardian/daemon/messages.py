@@ -286,8 +286,11 @@ def warning_message(
     dry_run: bool,
     alert_only_reason: str | None,
     instance_store_loss: bool,
+    standby_group: str | None = None,
 ) -> Message:
-    """The one warning of an idle episode: what it costs, when it stops, how to keep it."""
+    """The one warning of an idle episode: what it costs, when it stops, how to keep it.
+
+    ``standby_group``: the plain Auto Scaling group it will be put into Standby in first."""
     inst = finding.instance
     minutes = max(0, round((deadline - now).total_seconds() / 60))
     prefix = "[dry run] " if dry_run else ""
@@ -295,10 +298,17 @@ def warning_message(
         title = _title(
             f"{prefix}Idle GPU instance ", inst, f" will be stopped at {_when(deadline)}"
         )
-        verb = "would stop" if dry_run else "will stop"
+        verb = "would" if dry_run else "will"
+        how: Line = (t(f" — guardian {verb} stop it at "),)
+        if standby_group is not None:
+            how = (
+                t(f" — guardian {verb} put it into Standby in Auto Scaling group "),
+                v(standby_group),
+                t(" (desired capacity one less, so nothing replaces it) and stop it at "),
+            )
         lead: Line = (
             b("Idle GPU instance"),
-            t(f" — guardian {verb} it at "),
+            *how,
             b(_when(deadline)),
             t(f" (in {minutes} min) unless it gets busy again or is tagged."),
         )
@@ -321,12 +331,23 @@ def warning_message(
         lines.append((b("Notebook: "), t(NOTEBOOK_ADVICE)))
     if instance_store_loss:
         lines.append(
-            (b("Data loss: "), t("its instance-store (local SSD) data is lost when it stops."))
+            (
+                b("Local disks: "),
+                t("its instance store (local SSD) is wiped when it stops; "),
+                t(_local_disk_note(finding)),
+            )
         )
     if dry_run:
         lines.append((t("Dry run: nothing will actually be stopped."),))
     lines.extend(_keep_alive(inst, deadline + timedelta(days=1)))
     return Message("warning", "warning", title, tuple(lines))
+
+
+def _local_disk_note(finding: Finding) -> str:
+    if finding.local_disk_used is None:
+        return "enforce.local_disks: stop allows that."
+    used_gib = finding.local_disk_used[1] / 1024
+    return f"the agent reports {used_gib:.2f} GiB in use there beyond empty filesystems."
 
 
 def resumed_message(finding: Finding) -> Message:
@@ -348,10 +369,14 @@ def resumed_message(finding: Finding) -> Message:
     )
 
 
-def stopped_message(finding: Finding, *, action: str, dry_run: bool) -> Message:
+def stopped_message(
+    finding: Finding, *, action: str, dry_run: bool, standby_group: str | None = None
+) -> Message:
+    """The stop done; with ``standby_group``, the two commands that bring the member back."""
     inst = finding.instance
-    done = {"stop": "Stopped", "hibernate": "Hibernated"}.get(action, action)
-    prefix = f"[dry run] Would have {done.lower()}" if dry_run else done
+    done = {"stop": "Stopped", "hibernate": "Hibernated", "standby+stop": "Stopped (in Standby)"}
+    verb = done.get(action, action)
+    prefix = f"[dry run] Would have {verb.lower()}" if dry_run else verb
     start = (
         f"gcloud compute instances start {neutralize(inst.instance_id)} --zone "
         f"{neutralize(inst.zone)}"
@@ -359,24 +384,43 @@ def stopped_message(finding: Finding, *, action: str, dry_run: bool) -> Message:
         else f"aws ec2 start-instances --region {neutralize(inst.region)} --instance-ids "
         f"{neutralize(inst.instance_id)}"
     )
+    lines: list[Line] = [*_facts(finding), (t("Start it again when needed: "), code(start))]
+    if standby_group is not None:
+        back = (
+            f"aws autoscaling exit-standby --region {neutralize(inst.region)} "
+            f"--auto-scaling-group-name {neutralize(standby_group)} --instance-ids "
+            f"{neutralize(inst.instance_id)}"
+        )
+        lines.insert(
+            0,
+            (
+                t("It was put into Standby in Auto Scaling group "),
+                v(standby_group),
+                t(" with the desired capacity decremented; nothing was terminated."),
+            ),
+        )
+        lines.append((t("Then return it to the group: "), code(back)))
     return Message(
         "stopped",
         "info" if dry_run else "success",
         _title(f"{prefix} idle GPU instance ", inst),
-        (*_facts(finding), (t("Start it again when needed: "), code(start))),
+        tuple(lines),
     )
 
 
-def stop_failed_message(finding: Finding, error: str) -> Message:
+def stop_failed_message(finding: Finding, error: str, *, retried: bool = True) -> Message:
+    """``retried=False``: the cloud refuses this stop for good (stop protection and the like)."""
+    then = (
+        "guardian retries every cycle while it stays idle."
+        if retried
+        else "The cloud refuses this stop for good: guardian will not try again while it stays "
+        "idle. Please stop it yourself if it is no longer needed."
+    )
     return Message(
         "stop_failed",
         "failure",
         _title("Could not stop idle GPU instance ", finding.instance),
-        (
-            (b("Error: "), v(error)),
-            (t("guardian retries every cycle while it stays idle."),),
-            *_facts(finding),
-        ),
+        ((b("Error: "), v(error)), (t(then),), *_facts(finding)),
     )
 
 

@@ -297,6 +297,11 @@ class Tx(OutboxTx):
         query = conditions.select().where(conditions.c.key.startswith(prefix, autoescape=True))
         return {r.key: r.opened_at for r in self.conn.execute(query)}
 
+    def condition_details(self, prefix: str) -> dict[str, str | None]:
+        """Open conditions under ``prefix`` with their detail (what each one is about)."""
+        query = conditions.select().where(conditions.c.key.startswith(prefix, autoescape=True))
+        return {r.key: r.detail for r in self.conn.execute(query)}
+
     def open_condition(self, key: str, at: datetime, detail: str) -> None:
         self.conn.execute(conditions.insert().values(key=key, opened_at=at, detail=detail))
 

@@ -81,6 +81,9 @@ class _Guard:
     def reserve_stop(self, tx: Tx) -> bool:
         return self._coordinator.reserve_stop(tx, self._plan, self._limit)
 
+    def return_stop(self, tx: Tx) -> None:
+        self._coordinator.return_stop(tx, self._plan)
+
     def held(self) -> bool:
         return self._lease.held()
 

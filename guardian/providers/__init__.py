@@ -9,11 +9,19 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
-from guardian.model import GpuInstance, GpuUtilisation
+from guardian.model import GpuInstance, GpuUtilisation, ScalingGroup
 
-__all__ = ["Discovery", "Provider", "StopResult", "Unit", "UnitError", "UnitPlan"]
+__all__ = [
+    "Discovery",
+    "Provider",
+    "ScalingGroups",
+    "StopResult",
+    "Unit",
+    "UnitError",
+    "UnitPlan",
+]
 
 
 @dataclass(frozen=True)
@@ -73,8 +81,11 @@ class Discovery:
 class StopResult:
     instance_key: str
     ok: bool
-    action: str  # "stop" | "hibernate"
+    action: str  # "stop" | "hibernate" | "standby+stop"
     message: str = ""
+    # The cloud refuses this stop for good (stop protection, an unsupported instance): retrying
+    # cannot help, so enforcement records it once and never tries again this episode.
+    permanent: bool = False
 
 
 class Provider(Protocol):
@@ -106,4 +117,31 @@ class Provider(Protocol):
         """Stop (or hibernate) one instance. Never terminates, never deletes."""
         ...
 
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        """This one instance as discovery would see it now, read with the few calls it needs
+        (the node agent's re-check before it stops itself). Raises ``ProviderError`` when it
+        cannot be read or is no longer a running GPU instance."""
+        ...
+
+    def stop_protection(self, instance: GpuInstance) -> bool | None:
+        """Whether the cloud refuses API stops of this instance (AWS ``DisableApiStop``); None
+        when it cannot be read. One call: asked once per warning, never per cycle."""
+        ...
+
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class ScalingGroups(Protocol):
+    """What a provider with Auto Scaling groups adds (AWS): read groups' capacity, and put an
+    idle member into Standby (desired capacity decremented) before stopping it."""
+
+    def scaling_groups(
+        self, account: str, region: str, names: Sequence[str]
+    ) -> dict[str, ScalingGroup]:
+        """The named groups' capacity, in as few calls as the API allows."""
+        ...
+
+    def standby_and_stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
+        """EnterStandby (decrementing the desired capacity), then stop. Never terminates."""
+        ...

@@ -17,11 +17,14 @@ from typing import Any
 from guardian.config import Config
 from guardian.cycle import CycleResult
 from guardian.model import Finding, Verdict
+from guardian.policy import Plan, enforce_plan
 
 __all__ = [
     "CSV_COLUMNS",
     "HOURS_PER_MONTH",
+    "EnforceReach",
     "Totals",
+    "enforce_reach",
     "finding_json",
     "finding_reasons",
     "findings_csv",
@@ -75,6 +78,55 @@ def totals(findings: Sequence[Finding]) -> Totals:
     )
 
 
+@dataclass(frozen=True)
+class EnforceReach:
+    """What ``mode: enforce`` would do with the idle instances, whatever the configured mode."""
+
+    idle: int
+    stop: int
+    standby_stop: int
+    alert: dict[str, int]  # alert-only, by the gate's category
+
+    @property
+    def alert_only(self) -> int:
+        return sum(self.alert.values())
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "idle": self.idle,
+            "stop": self.stop,
+            "standby+stop": self.standby_stop,
+            "alert": self.alert_only,
+            "alert_by_reason": dict(self.alert),
+        }
+
+    def sentence(self, what: str = "idle") -> str:
+        """``12 idle: 3 would be stopped, 9 alert-only: 7 local disk not reported, 2 …``."""
+        stopped = self.stop + self.standby_stop
+        parts = [f"{stopped} would be stopped"]
+        if self.standby_stop:
+            parts[0] += f" ({self.standby_stop} after Standby in their Auto Scaling group)"
+        if self.alert:
+            reasons = ", ".join(f"{n} {reason}" for reason, n in self.alert.items())
+            parts.append(f"{self.alert_only} alert-only: {reasons}")
+        return f"{self.idle} {what}: " + ", ".join(parts)
+
+
+def enforce_plans(result: CycleResult, config: Config) -> list[Plan | None]:
+    """Per finding, what enforcement would do (None: not idle), judged at the audit's time."""
+    return [enforce_plan(f, config, result.generated_at) for f in result.findings]
+
+
+def enforce_reach(plans: Sequence[Plan | None]) -> EnforceReach:
+    alert = Counter(plan.block.category for plan in plans if plan and plan.block)
+    return EnforceReach(
+        idle=sum(1 for plan in plans if plan is not None),
+        stop=sum(1 for plan in plans if plan and plan.action == "stop"),
+        standby_stop=sum(1 for plan in plans if plan and plan.action == "standby+stop"),
+        alert=dict(alert.most_common()),
+    )
+
+
 def finding_reasons(finding: Finding) -> list[str]:
     """The decision's reasons, plus why the price is unknown unless a reason says so already
     (the policy quotes it when it could not judge underuse)."""
@@ -85,9 +137,11 @@ def finding_reasons(finding: Finding) -> list[str]:
     return reasons
 
 
-def finding_json(finding: Finding) -> dict[str, Any]:
+def finding_json(finding: Finding, plan: Plan | None = None) -> dict[str, Any]:
+    """One finding as the contract has it; ``plan`` is what enforcement would do with it."""
     inst, price, decision = finding.instance, finding.price, finding.decision
     equivalent = price.cpu_equivalent
+    owner = inst.managed_by
     return {
         "provider": inst.provider,
         "account": inst.account,
@@ -120,6 +174,18 @@ def finding_json(finding: Finding) -> dict[str, Any]:
         "reasons": finding_reasons(finding),
         "wasted_usd": decision.wasted_usd,
         "action": decision.action,
+        "managed_by": (
+            {"kind": owner.kind.value, "name": owner.name, "cluster": owner.cluster}
+            if owner is not None
+            else None
+        ),
+        "reserved": inst.reserved,
+        "reservation": inst.reservation,
+        "local_disk_used_mib": finding.local_disk_used[1] if finding.local_disk_used else None,
+        # What mode: enforce would do with it, in any mode: stop | standby+stop | alert (why);
+        # null when it is not idle. "enforce_reason" says why it is alert-only.
+        "enforce": plan.label if plan is not None else None,
+        "enforce_reason": plan.block.detail if plan is not None and plan.block else None,
     }
 
 
@@ -135,11 +201,15 @@ def effective_thresholds(config: Config) -> dict[str, Any]:
 
 def findings_json(result: CycleResult, config: Config) -> dict[str, Any]:
     """The ``guardian audit --format json`` document. ``errors`` extends the contract."""
+    plans = enforce_plans(result, config)
     return {
         "generated_at": _iso(result.generated_at),
         "config": effective_thresholds(config),
-        "findings": [finding_json(f) for f in result.findings],
-        "totals": totals(result.findings).as_json(),
+        "findings": [finding_json(f, plan) for f, plan in zip(result.findings, plans, strict=True)],
+        "totals": {
+            **totals(result.findings).as_json(),
+            "enforce": enforce_reach(plans).as_json(),
+        },
         "errors": [
             {
                 "provider": e.provider,
@@ -180,17 +250,26 @@ CSV_COLUMNS = (
     "verdict",
     "wasted_usd",
     "action",
+    "managed_by",
+    "reserved",
+    "reservation",
+    "local_disk_used_mib",
+    "enforce",
     "reasons",
 )
 
 
-def findings_csv(result: CycleResult) -> str:
-    """One row per finding; empty cells for unknown numbers; reasons joined by ``; ``."""
+def findings_csv(result: CycleResult, config: Config | None = None) -> str:
+    """One row per finding; empty cells for unknown numbers; reasons joined by ``; ``.
+    ``managed_by`` is ``kind:name``; ``enforce`` needs the config (empty without it)."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=CSV_COLUMNS, extrasaction="ignore", lineterminator="\n")
     writer.writeheader()
-    for finding in result.findings:
-        row = finding_json(finding)
+    plans = enforce_plans(result, config) if config else [None] * len(result.findings)
+    for finding, plan in zip(result.findings, plans, strict=True):
+        row = finding_json(finding, plan)
+        owner = row["managed_by"]
+        row["managed_by"] = f"{owner['kind']}:{owner['name']}" if owner else None
         row["cpu_equivalent_type"] = row["cpu_equivalent"]["instance_type"]
         row["cpu_equivalent_hourly_price"] = row["cpu_equivalent"]["hourly_price"]
         row["reasons"] = "; ".join(row["reasons"])

@@ -9,9 +9,11 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from guardian.config import Config
 from guardian.cycle import CycleResult
-from guardian.model import Finding, Verdict
-from guardian.report.document import finding_reasons, totals
+from guardian.model import Finding, GpuInstance, Verdict
+from guardian.policy import Plan, controller_label
+from guardian.report.document import enforce_plans, enforce_reach, finding_reasons, totals
 
 __all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline"]
 
@@ -45,6 +47,23 @@ def _num(value: float | None, fmt: str = "{:g}") -> str:
     return "—" if value is None else fmt.format(value)
 
 
+def _owner(inst: GpuInstance) -> str:
+    """A third line under the type: who owns it, or the reserved capacity it runs in."""
+    if inst.managed_by is not None:
+        return f"\n{controller_label(inst.managed_by.kind)} {inst.managed_by.name}"
+    if inst.reservation is not None:
+        return f"\nreserved {inst.reservation}"
+    return ""
+
+
+def _enforce_cell(plan: Plan | None) -> Text:
+    if plan is None:
+        return Text("")
+    if plan.block is None:
+        return Text(plan.action, style="bold red")
+    return Text(f"alert\n{plan.block.category}", style="yellow")
+
+
 def _row(finding: Finding) -> list[str | Text]:
     inst, price, decision = finding.instance, finding.price, finding.decision
     gpus = f"{inst.gpu_count}× {inst.gpu_model}" if inst.gpu_model else f"{inst.gpu_count} GPU"
@@ -62,7 +81,7 @@ def _row(finding: Finding) -> list[str | Text]:
     return [
         Text(f"{inst.name or '—'}\n{inst.instance_id}"),
         f"{inst.region}\n{inst.account}",
-        f"{inst.instance_type}{lifecycle}\n{gpus}",
+        f"{inst.instance_type}{lifecycle}\n{gpus}{_owner(inst)}",
         Text(decision.verdict.value, style=VERDICT_STYLE[decision.verdict]),
         util,
         sparkline(finding.sparkline) if finding.sparkline else "",
@@ -91,12 +110,19 @@ _COLUMNS = (
 )
 
 
-def audit_table(result: CycleResult) -> Table:
+def audit_table(result: CycleResult, config: Config | None = None) -> Table:
+    """With ``config``, an "If enforced" column says what mode: enforce would do."""
     table = Table(box=box.SIMPLE_HEAVY, header_style="bold", expand=False)
     for header, justify in _COLUMNS:
         table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
-    for finding in result.findings:
-        table.add_row(*_row(finding))
+    plans = enforce_plans(result, config) if config is not None else None
+    if plans is not None:
+        table.add_column("If\nenforced", justify="left", no_wrap=True)
+    for number, finding in enumerate(result.findings):
+        cells = _row(finding)
+        if plans is not None:
+            cells.append(_enforce_cell(plans[number]))
+        table.add_row(*cells)
     return table
 
 
@@ -126,10 +152,19 @@ def totals_line(result: CycleResult) -> str:
     )
 
 
-def print_audit(result: CycleResult, console: Console) -> None:
+def enforce_line(result: CycleResult, config: Config) -> str | None:
+    """``If enforced, 12 idle: 3 would be stopped, 9 alert-only: 7 local disk not reported…``"""
+    reach = enforce_reach(enforce_plans(result, config))
+    return f"If enforced, {reach.sentence()}" if reach.idle else None
+
+
+def print_audit(result: CycleResult, console: Console, config: Config | None = None) -> None:
     if result.findings:
-        console.print(audit_table(result))
+        console.print(audit_table(result, config))
     console.print(totals_line(result))
+    enforced = enforce_line(result, config) if config is not None else None
+    if enforced:
+        console.print(enforced)
     lines = reasons_lines(result)
     if lines:
         console.print()

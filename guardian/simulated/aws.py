@@ -66,7 +66,9 @@ __all__ = [
     "fake_aws_env",
     "gpu_datums",
     "image_id",
+    "launch_autoscaling_group",
     "launch_gpu_instances",
+    "local_disk_datums",
     "put_datums",
     "put_gpu_metrics",
     "reset_moto_server",
@@ -169,11 +171,13 @@ def launch_gpu_instances(
     spot: SpotKind | None = None,
     hibernation: bool = False,
     launched_at: datetime | None = None,
+    disable_api_stop: bool = False,
 ) -> list[str]:
     """Launch ``count`` running instances; returns their ids in launch order.
 
     Spot instances come from RequestSpotInstances, so their request (and its type) exists as
-    on AWS; moto cannot configure hibernation on those.
+    on AWS; moto cannot configure hibernation on those. ``disable_api_stop``: stop protection,
+    which moto enforces (StopInstances answers OperationNotPermitted).
     """
     if spot is not None and hibernation:
         raise ValueError("the simulator configures hibernation on on-demand instances only")
@@ -196,6 +200,7 @@ def launch_gpu_instances(
             MinCount=count,
             MaxCount=count,
             HibernationOptions={"Configured": hibernation},
+            DisableApiStop=disable_api_stop,
             **kwargs,
         )
         ids = [instance["InstanceId"] for instance in response["Instances"]]
@@ -211,6 +216,40 @@ def launch_gpu_instances(
         ids = [request["InstanceId"] for request in requests if "InstanceId" in request]
         if tags and ids:
             ec2.create_tags(Resources=ids, Tags=[{"Key": k, "Value": v} for k, v in tags.items()])
+    if launched_at is not None:
+        backdate_launch(ec2, ids, launched_at)
+    return ids
+
+
+def launch_autoscaling_group(
+    ec2: EC2Client,
+    autoscaling: Any,
+    name: str,
+    instance_type: str,
+    *,
+    min_size: int,
+    desired: int,
+    max_size: int,
+    zone: str,
+    tags: Mapping[str, str] | None = None,
+    launched_at: datetime | None = None,
+) -> list[str]:
+    """A plain Auto Scaling group of running GPU instances (moto launches its members at once
+    and tags them ``aws:autoscaling:groupName``, as AWS does); returns the members' ids."""
+    autoscaling.create_launch_configuration(
+        LaunchConfigurationName=f"{name}-lc", ImageId=image_id(ec2), InstanceType=instance_type
+    )
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName=name,
+        LaunchConfigurationName=f"{name}-lc",
+        MinSize=min_size,
+        MaxSize=max_size,
+        DesiredCapacity=desired,
+        AvailabilityZones=[zone],
+        Tags=[{"Key": k, "Value": v, "PropagateAtLaunch": True} for k, v in (tags or {}).items()],
+    )
+    group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=[name])
+    ids = [member["InstanceId"] for member in group["AutoScalingGroups"][0]["Instances"]]
     if launched_at is not None:
         backdate_launch(ec2, ids, launched_at)
     return ids
@@ -306,6 +345,25 @@ def gpu_datums(
     return datums
 
 
+def local_disk_datums(
+    instance_id: str, used_mib: Sequence[float], now: datetime, *, period_s: int = 60
+) -> list[dict[str, Any]]:
+    """What ``guardian agent`` publishes of the instance's local disks: ``guardian_local_disk_used``
+    (Unit Megabytes, in fact MiB), dimensions exactly ``InstanceId``, the last value at ``now``."""
+    end = now.astimezone(UTC).replace(microsecond=0)
+    end -= timedelta(seconds=int(end.timestamp()) % period_s)
+    return [
+        {
+            "MetricName": "guardian_local_disk_used",
+            "Dimensions": [{"Name": "InstanceId", "Value": instance_id}],
+            "Timestamp": end - timedelta(seconds=period_s * (len(used_mib) - 1 - n)),
+            "Value": float(value),
+            "Unit": "Megabytes",
+        }
+        for n, value in enumerate(used_mib)
+    ]
+
+
 def _batches(items: Sequence[dict[str, Any]], size: int) -> Iterator[Sequence[dict[str, Any]]]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -357,6 +415,11 @@ class SimInstance:
     spot: SpotKind | None = None
     hibernation: bool = False
     age: timedelta = timedelta(days=1)
+    # What `guardian agent` reports of its instance store (MiB beyond empty filesystems); None:
+    # no agent metric. A reservation id puts it in reserved capacity (moto's setattr, as above).
+    local_disk_used_mib: float | None = None
+    reservation: str | None = None
+    disable_api_stop: bool = False
 
 
 def seed_fleet(
@@ -398,6 +461,7 @@ def seed_fleet(
             spot=spec.spot,
             hibernation=spec.hibernation,
             launched_at=None if in_process else now - spec.age,
+            disable_api_stop=spec.disable_api_stop,
         )
         if in_process:
             moto_speedups.backdate_in_process(ec2.meta.region_name, ids, now - spec.age)
@@ -406,6 +470,14 @@ def seed_fleet(
             launched.append((instance_id, spec))
             if spec.samples is not None:
                 datums.extend(gpu_datums(instance_id, gpus, spec.samples, now, gpu_name=gpu_name))
+            if spec.local_disk_used_mib is not None:
+                datums.extend(local_disk_datums(instance_id, [spec.local_disk_used_mib] * 5, now))
+            if spec.reservation is not None:
+                ec2.modify_instance_attribute(
+                    InstanceId=instance_id,
+                    Attribute="capacityReservationId",  # type: ignore[arg-type]
+                    Value=spec.reservation,
+                )
     if in_process:
         moto_speedups.put_in_process(cloudwatch.meta.region_name, datums, AGENT_NAMESPACE)
     else:

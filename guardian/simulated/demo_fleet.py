@@ -18,9 +18,11 @@ from pathlib import Path
 from guardian.config import Config
 from guardian.simulated.aws import Reading, SimInstance, constant
 
-__all__ = ["DEMO_REGIONS", "DemoCloud", "demo_fleet", "simulated_cloud"]
+__all__ = ["DEMO_GROUP", "DEMO_REGIONS", "DemoCloud", "demo_fleet", "simulated_cloud"]
 
 DEMO_REGIONS = ("us-east-1", "eu-west-1")
+# An Auto Scaling group of two idle g5g.xlarge at min 2 / desired 2, in us-east-1.
+DEMO_GROUP = "gpu-pool"
 HISTORY_MINUTES = 6 * 60  # the demo's lookback
 _A100_MEM = 38_000.0
 
@@ -46,7 +48,9 @@ def _notebook(rng: random.Random, minutes: int) -> list[Reading]:
 
 
 def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
-    """Region → instances: every verdict, a spot instance, one without the GPU agent."""
+    """Region → instances: every verdict, a spot instance, one without the GPU agent, and the
+    owners enforcement must leave alone: an EKS node, reserved capacity, local disks with data
+    or not reported (the Auto Scaling group is ``DEMO_GROUP``, launched by the group itself)."""
     rng = random.Random(seed)
     h = HISTORY_MINUTES
 
@@ -99,6 +103,48 @@ def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
                 spot="one-time",
                 age=timedelta(hours=9),
             ),
+            # An EKS node whose pods finished: the node group, not a stop, saves the money.
+            SimInstance(
+                "g5g.2xlarge",
+                _training(rng, h - 80, 9_000.0) + constant(0.0, 0.0, 80),
+                tags={
+                    **tags("eks-a10g-node", "platform"),
+                    "eks:cluster-name": "ml-prod",
+                    "eks:nodegroup-name": "a10g-nodes",
+                },
+                age=timedelta(days=6),
+            ),
+            # Fine-tuning done; its instance store (250 GB NVMe) holds nothing, as the agent says.
+            SimInstance(
+                "g5.2xlarge",
+                _training(rng, h - 70, 18_000.0) + constant(0.0, 0.0, 70),
+                tags=tags("sd-finetune-done", "erin"),
+                age=timedelta(hours=10),
+                local_disk_used_mib=0.0,
+            ),
+            # Same, but 120 GiB of preprocessed shards sit on its instance store.
+            SimInstance(
+                "g5.2xlarge",
+                _training(rng, h - 70, 18_000.0) + constant(0.0, 0.0, 70),
+                tags=tags("dataprep-shards", "erin"),
+                age=timedelta(hours=10),
+                local_disk_used_mib=120 * 1024.0,
+            ),
+            # Graviton + T4G has no instance store: nothing to measure before a stop.
+            SimInstance(
+                "g5g.xlarge",
+                _training(rng, h - 90, 6_000.0) + constant(0.0, 0.0, 90),
+                tags=tags("arm-inference-test", "frank"),
+                age=timedelta(days=1),
+            ),
+            # In a capacity reservation: paid whether it runs or not.
+            SimInstance(
+                "g6.2xlarge",
+                constant(0.0, 0.0, h),
+                tags=tags("reserved-g6-spare", "platform"),
+                age=timedelta(days=20),
+                reservation="cr-0a1b2c3d4e5f60718",
+            ),
         ],
         "eu-west-1": [
             SimInstance(
@@ -138,11 +184,49 @@ class DemoCloud:
     environment: dict[str, str]  # what to export to point other commands at the simulation
 
 
+def _seed_group(endpoint: str, now: datetime) -> None:
+    """The Auto Scaling group: moto launches its members and tags them with its name."""
+    import boto3
+
+    from guardian.simulated import moto_speedups
+    from guardian.simulated.aws import AGENT_NAMESPACE, gpu_datums, launch_autoscaling_group
+
+    region = DEMO_REGIONS[0]
+    ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint)
+    autoscaling = boto3.client("autoscaling", region_name=region, endpoint_url=endpoint)
+    members = launch_autoscaling_group(
+        ec2,
+        autoscaling,
+        DEMO_GROUP,
+        "g5g.xlarge",
+        min_size=2,
+        desired=2,
+        max_size=8,
+        zone=f"{region}a",
+        tags={"Name": "gpu-pool-worker", "owner": "platform"},
+    )
+    moto_speedups.backdate_in_process(region, members, now - timedelta(days=3))
+    rng = random.Random(11)
+    datums = [
+        datum
+        for instance_id in members
+        for datum in gpu_datums(
+            instance_id,
+            1,
+            _training(rng, HISTORY_MINUTES - 150, 5_000.0) + constant(0.0, 0.0, 150),
+            now,
+            gpu_name="NVIDIA T4G",
+        )
+    ]
+    moto_speedups.put_in_process(region, datums, AGENT_NAMESPACE)
+
+
 def _seed_aws(endpoint: str, now: datetime) -> None:
     import boto3
 
     from guardian.simulated.aws import put_gpu_metrics, seed_fleet
 
+    _seed_group(endpoint, now)
     for region, fleet in demo_fleet().items():
         ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint)
         cloudwatch = boto3.client("cloudwatch", region_name=region, endpoint_url=endpoint)

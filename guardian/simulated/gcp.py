@@ -256,6 +256,8 @@ def demo_project(now: datetime) -> tuple[list[FakeVm], dict[str, list[GpuTrace]]
     - ``batch-spot-l4`` (g2-standard-4, Spot): a hung job holds memory at 0 % → idle
     - ``render-t4`` (n1-standard-4 + 1×T4): no Ops Agent → unmeasured
     - ``eval-a100`` (a2-highgpu-1g, guardian-protect=true): idle but protected
+    - ``l4-pool-7xk2`` (g2-standard-4), a managed instance group's member: idle since its
+      batch ended, but the group would recreate it — alert-only
     - ``web-frontend`` (e2, no GPU) and ``old-experiment`` (stopped) are not GPU VMs to audit.
     """
     ended = now - timedelta(hours=3)
@@ -307,6 +309,17 @@ def demo_project(now: datetime) -> tuple[list[FakeVm], dict[str, list[GpuTrace]]
             labels={"owner": "frank", "team": "nlp", "guardian-protect": "true"},
             created_at=now - timedelta(days=1, hours=2),
         ),
+        FakeVm(
+            "l4-pool-7xk2",
+            "us-central1-b",
+            "g2-standard-4",
+            labels={"owner": "grace", "team": "vision"},
+            metadata={
+                "created-by": "projects/123456789012/zones/us-central1-b/"
+                "instanceGroupManagers/l4-pool"
+            },
+            created_at=now - timedelta(days=3),
+        ),
         FakeVm("web-frontend", "us-central1-a", "e2-standard-4", labels={"team": "web"}),
         FakeVm("old-experiment", "us-central1-b", "g2-standard-8", status="TERMINATED"),
     ]
@@ -343,6 +356,12 @@ def demo_project(now: datetime) -> tuple[list[FakeVm], dict[str, list[GpuTrace]]
             )
         ],
         "eval-a100": [GpuTrace(sampled(idle), sampled(_const(0.0)))],
+        "l4-pool-7xk2": [
+            GpuTrace(
+                sampled(_switch(ended, _steady(60, 90, "pool"), idle)),
+                sampled(_switch(ended, _steady(9_000, 11_000, "pool-mem"), _const(0.0))),
+            )
+        ],
     }
     return vms, metrics
 

@@ -73,6 +73,7 @@ _ROUTES: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("POST", re.compile(r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)/stop$")),
     ("GET", re.compile(r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)$")),
     ("POST", re.compile(r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/operations/([^/]+)/wait$")),
+    ("GET", re.compile(r"^/compute/v1/projects/([^/]+)/zones/([^/]+)/instances/([^/]+)$")),
 )
 
 
@@ -140,6 +141,7 @@ class _Handler(BaseHTTPRequestHandler):
                     self._stop,
                     self._operation,
                     self._operation,
+                    self._get_instance,
                 )[index]
                 return handler(query, *match.groups())
         raise _HttpError(404, f"The requested URL {path} was not found on this server.", "notFound")
@@ -231,22 +233,27 @@ class _Handler(BaseHTTPRequestHandler):
             result["nextPageToken"] = token
         return result
 
-    def _stop(self, query: Mapping[str, str], project: str, zone: str, name: str) -> dict[str, Any]:
+    def _vm(self, project: str, zone: str, name: str) -> FakeVm:
         self._fail_for(project)
         try:
             vm = self.state.vm(project, name)
         except KeyError:
-            raise _HttpError(
-                404,
-                f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
-                "notFound",
-            ) from None
-        if vm.zone != zone:
+            vm = None
+        if vm is None or vm.zone != zone:
             raise _HttpError(
                 404,
                 f"The resource 'projects/{project}/zones/{zone}/instances/{name}' was not found",
                 "notFound",
             )
+        return vm
+
+    def _get_instance(
+        self, query: Mapping[str, str], project: str, zone: str, name: str
+    ) -> dict[str, Any]:
+        return self._vm(project, zone, name).to_json(project)
+
+    def _stop(self, query: Mapping[str, str], project: str, zone: str, name: str) -> dict[str, Any]:
+        vm = self._vm(project, zone, name)
         if vm.local_ssd and "discardLocalSsd" not in query:
             raise _HttpError(
                 400,

@@ -80,6 +80,8 @@ class FakeVm:
     last_started_at: datetime | None = None
     status: str = "RUNNING"
     instance_id: int = 0  # 0: derived from project and name when added
+    metadata: dict[str, str] = field(default_factory=dict)  # e.g. created-by (a MIG's member)
+    reservation: str | None = None  # consumed by name (SPECIFIC_RESERVATION affinity)
 
     def to_json(self, project: str) -> dict[str, Any]:
         zone_url = f"{COMPUTE_API}/projects/{project}/zones/{self.zone}"
@@ -107,6 +109,17 @@ class FakeVm:
         }
         if self.last_started_at is not None:
             body["lastStartTimestamp"] = _rfc3339(self.last_started_at)
+        if self.metadata:
+            body["metadata"] = {
+                "kind": "compute#metadata",
+                "items": [{"key": k, "value": v} for k, v in self.metadata.items()],
+            }
+        if self.reservation is not None:
+            body["reservationAffinity"] = {
+                "consumeReservationType": "SPECIFIC_RESERVATION",
+                "key": "compute.googleapis.com/reservation-name",
+                "values": [self.reservation],
+            }
         if self.guest_accelerators:
             body["guestAccelerators"] = [
                 {"acceleratorType": f"{zone_url}/acceleratorTypes/{kind}", "acceleratorCount": n}

@@ -25,7 +25,9 @@ from guardian.commands.agent import build_agent
 from guardian.config import parse_config
 from guardian.model import Lifecycle, Verdict
 from guardian.policy import Step
-from guardian.simulated.aws import launch_gpu_instances
+from guardian.simulated.aws import launch_autoscaling_group, launch_gpu_instances
+from tests.conftest import AwsWire
+from tests.fakes.local_disks import FakeBlockTree, Usage
 
 # -- local metadata servers ----------------------------------------------------------------------
 
@@ -290,8 +292,11 @@ def _run_agent(
     minutes: int,
     # g5g is the one GPU family moto describes without instance-store volumes.
     instance_type: str = "g5g.xlarge",
+    disks: FakeBlockTree | None = None,
+    wire: AwsWire | None = None,
+    instance_id: str | None = None,
 ) -> tuple[str, list[Any], Path]:
-    instance_id = _launch(moto_server, tags, instance_type)
+    instance_id = instance_id or _launch(moto_server, tags, instance_type)
     server = FakeImds(
         {**DOCUMENT, "instanceId": instance_id, "availabilityZone": "us-east-1a"}, None, "on-demand"
     )
@@ -312,7 +317,9 @@ def _run_agent(
         clock=clock,
         wall=wall,
         launch_time=clock.now() - timedelta(hours=1),
-        provider_options={"catalog": aws_gpu_catalog},
+        provider_options={"catalog": aws_gpu_catalog}
+        | ({"session": wire.session} if wire is not None else {}),
+        local_disks=(disks or FakeBlockTree(tmp_path / "machine")).probe(),
     )
     results = []
     try:
@@ -327,9 +334,10 @@ def _run_agent(
     return instance_id, results, wall_log
 
 
-def test_autostop_stops_the_idle_instance_in_moto(
+def test_autostop_stops_the_idle_instance_in_moto(  # noqa: PLR0917 - pytest parameters
     moto_server: Any,
     aws_gpu_catalog: Any,
+    aws_wire: AwsWire,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     receiver: Receiver,
@@ -342,7 +350,14 @@ def test_autostop_stops_the_idle_instance_in_moto(
         receiver=receiver,
         tags={"Name": "trainer"},
         minutes=20,
+        wire=aws_wire,
     )
+    # It re-read its own instance (one DescribeInstances every 5 minutes and before the stop),
+    # never a region's discovery: no DescribeInstanceTypeOfferings, no filtered listing.
+    ec2_calls = sorted(c.operation for c in aws_wire.calls if c.operation.startswith("ec2:"))
+    describes = [c for c in aws_wire.calls if c.operation == "ec2:DescribeInstances"]
+    assert all(c.params == {"InstanceIds": [instance_id]} for c in describes)
+    assert ec2_calls == ["ec2:DescribeInstances"] * 5 + ["ec2:StopInstances"]
     steps = [(r.autostop.step, r.snapshot.sampled_at) for r in results if r.autostop]
     warned = next(at for step, at in steps if step is Step.WARN)
     stopped = next(at for step, at in steps if step is Step.STOP)
@@ -390,13 +405,19 @@ def test_autostop_leaves_a_protected_instance_running(
     assert not wall_log.exists()
 
 
-def test_autostop_refuses_to_erase_instance_store_data(
+@pytest.mark.parametrize("used_gib", [40.0, 0.0])
+def test_autostop_measures_and_publishes_its_instance_store(  # noqa: PLR0917 - pytest parameters
     moto_server: Any,
     aws_gpu_catalog: Any,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     receiver: Receiver,
+    used_gib: float,
 ) -> None:
+    disks = FakeBlockTree(tmp_path / "machine")
+    disks.disk("nvme1n1")  # the g5.xlarge's 250 GB NVMe instance store
+    if used_gib:
+        disks.mount("/dev/nvme1n1", "/scratch", "ext4", Usage(232_000, used_gib * 1024, 10**6, 90))
     instance_id, results, _ = _run_agent(
         moto_server,
         aws_gpu_catalog=aws_gpu_catalog,
@@ -405,10 +426,59 @@ def test_autostop_refuses_to_erase_instance_store_data(
         receiver=receiver,
         tags={},
         minutes=20,
-        instance_type="g5.xlarge",  # 250 GB of NVMe instance store
+        instance_type="g5.xlarge",
+        disks=disks,
     )
-    assert _state(moto_server, instance_id) == "running"
-    messages = {r.autostop.message for r in results if r.autostop and r.autostop.step is Step.STOP}
-    assert any("instance-store" in (m or "") for m in messages)
+    titles = [json.loads(b)["title"] for b in receiver.bodies]
+    if used_gib:
+        assert _state(moto_server, instance_id) == "running"
+        messages = {r.autostop.message for r in results if r.autostop}
+        assert any("40.0 GiB in use on its local disks" in (m or "") for m in messages)
+        assert sum("idle, not stopping" in t for t in titles) == 1
+    else:
+        assert _state(moto_server, instance_id) in ("stopping", "stopped")
+    # Published beside the GPU metrics, for the daemon: exactly {InstanceId}, in MiB.
+    cloudwatch = moto_server.client("cloudwatch")
+    listed = cloudwatch.list_metrics(Namespace="CWAgent", MetricName="guardian_local_disk_used")
+    assert {tuple((d["Name"], d["Value"]) for d in m["Dimensions"]) for m in listed["Metrics"]} == {
+        (("InstanceId", instance_id),)
+    }
+    stats = cloudwatch.get_metric_statistics(
+        Namespace="CWAgent",
+        MetricName="guardian_local_disk_used",
+        Dimensions=[{"Name": "InstanceId", "Value": instance_id}],
+        StartTime=datetime.now(UTC) - timedelta(hours=2),
+        EndTime=datetime.now(UTC) + timedelta(minutes=5),
+        Period=3600,
+        Statistics=["Maximum"],
+    )
+    assert {p["Maximum"] for p in stats["Datapoints"]} == {used_gib * 1024}
+
+
+def test_an_agent_on_an_auto_scaling_member_never_stops_its_machine(
+    moto_server: Any,
+    aws_gpu_catalog: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    receiver: Receiver,
+) -> None:
+    ec2, autoscaling = moto_server.client("ec2"), moto_server.client("autoscaling")
+    [member] = launch_autoscaling_group(
+        ec2, autoscaling, "gpu-pool", "g5g.xlarge", min_size=0, desired=1, max_size=2,
+        zone="us-east-1a",
+    )  # fmt: skip
+    _, results, _ = _run_agent(
+        moto_server,
+        aws_gpu_catalog=aws_gpu_catalog,
+        tmp_path=tmp_path,
+        monkeypatch=monkeypatch,
+        receiver=receiver,
+        tags={},
+        minutes=20,
+        instance_id=member,
+    )
+    assert _state(moto_server, member) == "running"
     titles = [json.loads(b)["title"] for b in receiver.bodies]
     assert sum("idle, not stopping" in t for t in titles) == 1
+    messages = {r.autostop.message for r in results if r.autostop and r.autostop.message}
+    assert any("managed by Auto Scaling group gpu-pool" in m for m in messages)

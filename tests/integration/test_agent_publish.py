@@ -7,6 +7,7 @@ import threading
 import urllib.parse
 import urllib.request
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,17 +31,24 @@ from guardian.config import Config, parse_config
 from guardian.model import GpuInstance
 from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated.gcp_grpc import FakeGrpcServer, unary
+from tests.fakes.local_disks import FakeBlockTree, Usage
 
 INSTANCE_ID = "i-0123456789abcdef0"
+LOCAL_DISK_METRIC = "custom.googleapis.com/guardian/local_disk/used_bytes"
 
 
 def poll_results(
-    scenario: str | dict[str, Any], polls: int, clock: ManualClock, config: Config
+    scenario: str | dict[str, Any],
+    polls: int,
+    clock: ManualClock,
+    config: Config,
+    disks: FakeBlockTree | None = None,
 ) -> tuple[Agent, list[PollResult]]:
     loaded = load_scenario(scenario) if isinstance(scenario, str) else Scenario.from_dict(scenario)
     nvml = Nvml.open(FakeNvml(loaded, clock=clock.monotonic))
     instance = local_instance(nvml.expected_gpus, None, clock.now() - timedelta(hours=1), "h")
-    agent = Agent(config, nvml, instance, clock=clock)
+    probe = disks.probe() if disks is not None else None
+    agent = Agent(config, nvml, instance, clock=clock, local_disks=probe)
     results = []
     for _ in range(polls):
         results.append(agent.poll())
@@ -335,6 +343,26 @@ def test_cloud_monitoring_gets_custom_metrics_the_gcp_provider_reads() -> None:
     mem = series[(GCP_MEM_METRIC, "0")]
     assert mem.metric.labels["memory_state"] == "used"  # the label the GCP provider filters on
     assert mem.points[0].value.double_value == 5000 * 1024 * 1024  # bytes, as the Ops Agent
+
+
+def test_cloud_monitoring_gets_the_local_ssd_reading(tmp_path: Path) -> None:
+    disks = FakeBlockTree(tmp_path / "vm")
+    disks.gcp_local_ssd("nvme0n2", 0)
+    disks.mount("/dev/nvme0n2", "/mnt/disks/ssd", "ext4", Usage(375 * 1024, 3 * 1024, 10**6, 40))
+    writer = FakeMetricWriter()
+    with writer.server:
+        config = parse_config(
+            {"gcp": {"credentials": "anonymous", "monitoring_endpoint": writer.server.endpoint}}
+        )
+        sink = GcpMonitoringSink(config, "my-project", "1234567890", "us-central1-a")
+        _, results = poll_results("idle", 7, ManualClock(), config, disks)
+        for result in results:
+            sink.publish(result)
+        sink.close()
+    [request] = writer.requests
+    [local] = [s for s in request.time_series if s.metric.type == LOCAL_DISK_METRIC]
+    assert dict(local.metric.labels) == {}  # one series per VM: the gce_instance resource
+    assert local.points[0].value.double_value == 3 * 1024**3  # bytes beyond empty filesystems
 
 
 def test_publish_failures_never_reach_the_poll_loop() -> None:

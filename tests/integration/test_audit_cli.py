@@ -51,6 +51,11 @@ def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) 
     verdicts = {f["name"]: f["verdict"] for f in document["findings"]}
     assert verdicts == {"done": "idle", "busy": "busy"}
     assert document["totals"]["by_verdict"]["idle"] == 1
+    done = next(f for f in document["findings"] if f["name"] == "done")
+    assert (done["enforce"], done["managed_by"], done["reserved"]) == ("stop", None, False)
+    assert document["totals"]["enforce"] == {
+        "idle": 1, "stop": 1, "standby+stop": 0, "alert": 0, "alert_by_reason": {},
+    }  # fmt: skip
 
     only_eu = audit(tmp_path, "--format", "csv", "--region", "eu-west-1", "--exit-code")
     assert only_eu.returncode == 0, only_eu.stderr  # nothing idle there
@@ -61,3 +66,30 @@ def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) 
     assert table.returncode == 0  # without --exit-code an idle instance is not an error
     assert "done" in table.stdout
     assert "idle burn" in table.stdout
+    assert "If enforced, 1 idle: 1 would be stopped" in table.stdout
+
+
+def test_check_config_probe_warns_when_enforce_would_stop_nothing(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    now = datetime.now(UTC)
+    idle = constant(95.0, 20_000.0, 60) + constant(0.0, 0.0, 30)
+    ec2, cloudwatch = moto_server.client("ec2"), moto_server.client("cloudwatch")
+    # Instance store and no agent reading it: the CloudWatch agent alone publishes GPU metrics.
+    seed_fleet(ec2, cloudwatch, [SimInstance("g5.xlarge", idle, count=2)], now)
+    config = tmp_path / "guardian.yaml"
+    config.write_text(f"mode: enforce\nstate_dir: {tmp_path}\ncost: {{lookback: 2h}}\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "guardian", "check-config", "--probe", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=dict(os.environ),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "# aws: credentials OK" in result.stdout
+    assert (
+        "# warning: mode: enforce would stop none of them: 2 GPU instances seen, if idle: "
+        "0 would be stopped, 2 alert-only: 2 local disk not reported"
+    ) in result.stderr

@@ -12,7 +12,7 @@ from guardian.config import Config
 from guardian.model import GpuInstance
 from guardian.providers.aws.discovery import GpuTypeCatalog
 from guardian.providers.aws.provider import AwsProvider
-from guardian.simulated.aws import launch_gpu_instances
+from guardian.simulated.aws import launch_autoscaling_group, launch_gpu_instances
 from tests.conftest import AwsWire, MotoServer
 
 
@@ -119,6 +119,31 @@ def test_stop_works_on_a_fresh_provider_without_discovery(
 def test_no_provider_module_can_terminate() -> None:
     """The only destructive call is stop: no AWS module of ours even names a terminating API."""
     forbidden = re.compile(r"terminate_instances|TerminateInstances|delete_\w+\(|Delete[A-Z]\w+")
-    sources = Path(__file__).resolve().parents[2] / "guardian" / "providers"
-    for path in sources.glob("aws*.py"):
+    sources = Path(__file__).resolve().parents[2] / "guardian" / "providers" / "aws"
+    modules = sorted(sources.glob("*.py"))
+    assert len(modules) >= 8  # the package, not an empty glob
+    for path in modules:
         assert not forbidden.search(path.read_text(encoding="utf-8")), path.name
+
+
+def test_a_controller_s_instance_is_never_sent_a_stop(
+    moto_server: MotoServer, aws_wire: AwsWire, aws_gpu_catalog: GpuTypeCatalog
+) -> None:
+    """A second lock behind enforcement's gates: the provider refuses, for good, without a call."""
+    ec2, autoscaling = moto_server.client("ec2"), moto_server.client("autoscaling")
+    [member] = launch_autoscaling_group(
+        ec2, autoscaling, "gpu-pool", "g5g.xlarge", min_size=1, desired=1, max_size=2,
+        zone="us-east-1a",
+    )  # fmt: skip
+    provider = AwsProvider(Config(), session=aws_wire.session, catalog=aws_gpu_catalog)
+    (instance,) = [i for i in provider.discover().instances if i.instance_id == member]
+    result = provider.stop(instance)
+    assert (result.ok, result.permanent) == (False, True)
+    assert "managed by Auto Scaling group gpu-pool" in result.message
+    assert aws_wire.sent("ec2:StopInstances") == []
+    # Standby below the minimum is refused by guardian itself (moto would allow it).
+    standby = provider.standby_and_stop(instance)
+    assert standby.ok is False
+    assert "below its minimum" in standby.message
+    assert aws_wire.sent("autoscaling:EnterStandby") == []
+    assert state(moto_server, member) == "running"

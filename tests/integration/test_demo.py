@@ -34,6 +34,12 @@ def test_demo_shows_every_verdict_on_both_clouds() -> None:
         "stale-agent": "unmeasured",  # agent stopped 40 min ago
         "prod-inference": "protected",
         "demo-booth": "protected",
+        "eks-a10g-node": "idle",
+        "sd-finetune-done": "idle",
+        "dataprep-shards": "idle",
+        "arm-inference-test": "idle",
+        "reserved-g6-spare": "idle",
+        "gpu-pool-worker": "idle",  # two members of the Auto Scaling group
         # GCP
         "train-llm-a100": "idle",
         "batch-spot-l4": "idle",
@@ -41,6 +47,7 @@ def test_demo_shows_every_verdict_on_both_clouds() -> None:
         "serve-l4": "busy",
         "render-t4": "unmeasured",
         "eval-a100": "protected",
+        "l4-pool-7xk2": "idle",
     }
     assert {f["provider"] for f in document["findings"]} == {"aws", "gcp"}
     assert {f["region"] for f in document["findings"] if f["provider"] == "aws"} == {
@@ -51,6 +58,26 @@ def test_demo_shows_every_verdict_on_both_clouds() -> None:
     assert findings["llm-finetune-7b"]["gpu_count"] == 8
     assert findings["llm-finetune-7b"]["wasted_usd"] > 0
     assert document["totals"]["by_verdict"] == {
-        "idle": 4, "underused": 2, "busy": 4, "unmeasured": 3, "protected": 3,
+        "idle": 12, "underused": 2, "busy": 4, "unmeasured": 3, "protected": 3,
     }  # fmt: skip
+    # What mode: enforce would do with the idle ones, and who owns the others.
+    enforce = {name: f["enforce"] for name, f in findings.items() if f["enforce"]}
+    assert enforce == {
+        "llm-finetune-7b": "alert (local disk not reported)",
+        "hparam-sweep-17": "alert (one-time spot)",
+        "eks-a10g-node": "alert (managed by EKS node group)",
+        "sd-finetune-done": "stop",
+        "dataprep-shards": "alert (local disk in use)",
+        "arm-inference-test": "stop",
+        "reserved-g6-spare": "alert (reserved capacity)",
+        "gpu-pool-worker": "alert (managed by Auto Scaling group)",
+        "train-llm-a100": "stop",
+        "batch-spot-l4": "stop",
+        "l4-pool-7xk2": "alert (managed by managed instance group)",
+    }
+    assert findings["gpu-pool-worker"]["managed_by"] == {
+        "kind": "autoscaling-group", "name": "gpu-pool", "cluster": None,
+    }  # fmt: skip
+    assert findings["reserved-g6-spare"]["reserved"] is True
+    assert document["totals"]["enforce"]["stop"] == 4
     assert elapsed < 120, f"demo took {elapsed:.0f} s"

@@ -20,7 +20,8 @@ from guardian.cycle import audit_cycle
 from guardian.errors import AuthError, ConfigError
 from guardian.model import GpuInstance, Lifecycle, Verdict
 from guardian.prices import PriceCatalog
-from guardian.providers.gcp.provider import GcpProvider, probe_credentials
+from guardian.providers.gcp.probe import probe_credentials
+from guardian.providers.gcp.provider import GcpProvider
 from tests.fakes.gcp_compute import (
     DEFAULT_MACHINE_TYPES,
     FakeComputeServer,
@@ -465,15 +466,17 @@ def test_stop_waits_on_the_zone_operation_through_the_same_endpoint(fakes: Fakes
     assert fakes.cs.calls("DELETE", ".") == []
 
 
-def test_local_ssd_is_never_discarded_unless_allowed(fakes: Fakes) -> None:
+def test_local_ssd_is_never_discarded_when_local_disks_are_alert_only(fakes: Fakes) -> None:
     _seed(fakes)
-    refused = fakes.provider(["proj-a"])
+    refused = fakes.provider(["proj-a"], enforce={"local_disks": "alert"})
     result = refused.stop(_discovered(refused, "train-a2"))
     assert not result.ok
+    assert result.permanent
     assert "local SSD" in result.message
     assert fakes.cs.calls("POST", r"/stop$") == []  # refused before any call
 
-    allowed = fakes.provider(["proj-a"], enforce={"allow_instance_store_loss": True})
+    # stop-if-unused (the default): enforcement's gate has found it unused before the call.
+    allowed = fakes.provider(["proj-a"])
     result = allowed.stop(_discovered(allowed, "train-a2"))
     assert result.ok, result.message
     [stop] = fakes.cs.calls("POST", r"/stop$")

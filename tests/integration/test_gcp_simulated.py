@@ -34,6 +34,7 @@ def test_the_demo_project_shows_every_verdict_and_stops_the_idle_vm() -> None:
             "serve-l4": Verdict.BUSY,
             "render-t4": Verdict.UNMEASURED,
             "eval-a100": Verdict.PROTECTED,
+            "l4-pool-7xk2": Verdict.IDLE,  # a managed instance group's member: alert-only
         }
         assert result.errors == ()
         by_name = {f.instance.name: f for f in result.findings}
@@ -43,12 +44,15 @@ def test_the_demo_project_shows_every_verdict_and_stops_the_idle_vm() -> None:
         assert idle.price.premium is not None
         assert by_name["batch-spot-l4"].instance.lifecycle.value == "spot"
         assert by_name["serve-l4"].instance.has_instance_store  # local SSD: alert-only
+        owner = by_name["l4-pool-7xk2"].instance.managed_by
+        assert owner is not None
+        assert (owner.kind.value, owner.name) == ("managed-instance-group", "l4-pool")
 
         stopped = provider.stop(idle.instance)
         assert stopped.ok, stopped.message
         remaining = {i.name for i in provider.discover().instances}
         assert "train-llm-a100" not in remaining
-        assert len(remaining) == 5
+        assert len(remaining) == 6
     finally:
         provider.close()
         sim.stop()

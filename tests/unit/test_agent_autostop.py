@@ -18,10 +18,11 @@ from guardian.agent.loop import Agent, local_instance
 from guardian.agent.poll import PollResult
 from guardian.agent.status import RunDir
 from guardian.config import parse_config
-from guardian.model import GpuInstance, Verdict
+from guardian.model import Controller, GpuInstance, ManagedBy, Verdict
 from guardian.policy import Step, instance_block
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import FakeProvider, make_instance
+from tests.fakes.local_disks import FakeBlockTree, Usage
 
 
 @pytest.fixture
@@ -44,6 +45,7 @@ class Rig:
         *,
         scenario: str | dict[str, Any] = "idle",
         config: dict[str, Any] | None = None,
+        disks: FakeBlockTree | None = None,
         **instance_changes: Any,
     ) -> None:
         self.clock = ManualClock()
@@ -80,6 +82,7 @@ class Rig:
             clock=self.clock,
             autostop=self.autostop,
             run_dir=self.run_dir,
+            local_disks=disks.probe() if disks is not None else None,
         )
 
     def set_cloud(self, **changes: Any) -> None:
@@ -174,19 +177,60 @@ def test_tag_set_just_before_the_deadline_blocks_the_stop(wall: Any, tmp_path: P
     assert rig.provider.stopped == ["aws:123456789012:i-0abc"]
 
 
-def test_instance_store_blocks_unless_allowed(wall: Any, tmp_path: Path) -> None:
-    rig = Rig(wall, tmp_path, has_instance_store=True)
-    rig.run(40)
-    assert rig.provider.stopped == []
-    assert any("instance-store" in m for m in rig.walls())
-    allowed = Rig(
+@pytest.mark.parametrize(
+    ("used_gib", "config", "stopped"),
+    [
+        (None, {}, False),  # no instance store found on the machine: not measured, not stopped
+        (0.0, {}, True),  # present, not mounted: unused
+        (40.0, {}, False),  # 40 GiB of data on it
+        (40.0, {"enforce": {"local_disks": "stop"}}, True),
+        (0.0, {"enforce": {"local_disks": "alert"}}, False),
+        (None, {"enforce": {"allow_instance_store_loss": True}}, True),  # the deprecated alias
+    ],
+)
+def test_autostop_measures_its_own_local_disks(
+    wall: Any, tmp_path: Path, used_gib: float | None, config: dict[str, Any], stopped: bool
+) -> None:
+    disks = FakeBlockTree(tmp_path / "machine")
+    if used_gib is not None:
+        disks.disk("nvme1n1")
+    if used_gib:
+        disks.mount("/dev/nvme1n1", "/scratch", "ext4", Usage(250 * 1024, used_gib * 1024, 99, 50))
+    rig = Rig(wall, tmp_path, config=config, disks=disks, has_instance_store=True)
+    results = rig.run(40)
+    assert rig.provider.stopped == (["aws:123456789012:i-0abc"] if stopped else [])
+    if not stopped:
+        (blocked,) = [m for m in rig.walls() if "idle, not stopping" in m]
+        assert "local disks" in blocked
+    reading = results[-1].local_disks
+    assert (reading.used_mib if reading else None) == (
+        None if used_gib is None else used_gib * 1024
+    )
+
+
+def test_an_agent_never_stops_a_machine_a_controller_owns(wall: Any, tmp_path: Path) -> None:
+    # Not even with Standby configured: walking a group's capacity down is the daemon's job.
+    group = ManagedBy(Controller.AUTOSCALING_GROUP, "gpu-pool")
+    rig = Rig(
         wall,
         tmp_path,
-        config={"enforce": {"allow_instance_store_loss": True}},
-        has_instance_store=True,
+        config={"enforce": {"autoscaling_groups": "standby"}},
+        managed_by=group,
     )
-    allowed.run(40)
-    assert allowed.provider.stopped == ["aws:123456789012:i-0abc"]
+    rig.run(40)
+    assert rig.provider.stopped == []
+    (blocked,) = [m for m in rig.walls() if "idle, not stopping" in m]
+    assert "Auto Scaling group gpu-pool" in blocked
+    assert "set min and desired to 0" in blocked or "minimum and desired" in blocked
+
+
+def test_the_agent_re_reads_only_its_own_instance(wall: Any, tmp_path: Path) -> None:
+    rig = Rig(wall, tmp_path)
+    rig.run(40)
+    assert rig.provider.stopped == ["aws:123456789012:i-0abc"]
+    # Its own instance, every 5 minutes and once more right before the stop (24:50, which
+    # restarts the 5 minutes): 0, 5, 10, 15, 20, 24:50, 29:50, 34:50, 39:50. Never a discovery.
+    assert rig.provider.describe_calls == 9
 
 
 def test_one_time_spot_is_never_stopped(wall: Any, tmp_path: Path) -> None:
@@ -261,7 +305,14 @@ def test_the_agent_and_the_daemon_share_the_instance_gates() -> None:
     assert reason(tags={"guardian:protect": "yes"}) == "protected"
     assert reason(tags={"guardian:keep-until": "2099-01-01T00:00Z"}) == "protected"
     assert reason(spot_one_time=True) == "spot_one_time"
-    assert reason(has_instance_store=True) == "instance_store"
+    assert reason(has_instance_store=True) == "local_disk"
     assert reason(launch_time=now - timedelta(minutes=5)) == "min_uptime"
-    allowed = parse_config({"enforce": {"allow_instance_store_loss": True}})
+    assert reason(managed_by=ManagedBy(Controller.EKS_NODEGROUP, "ng", "prod")) == "managed"
+    assert reason(reservation="cr-0123") == "reserved"
+    allowed = parse_config({"enforce": {"local_disks": "stop"}})
     assert instance_block(make_instance(has_instance_store=True), allowed, now) is None
+    unused = (now, 0.0)
+    assert (
+        instance_block(make_instance(has_instance_store=True), config, now, local_disk=unused)
+        is None
+    )

@@ -168,3 +168,50 @@ def test_secrets_are_masked() -> None:
     for secret in ("abcdefSECRET", "hunter2", "xyz", "pw@db"):
         assert secret not in dumped
     assert mask_secret_url("json://127.0.0.1:8080/hook") == "json://127.0.0.1:8080/***"
+
+
+def test_local_disks_and_autoscaling_groups_are_validated_with_a_reason() -> None:
+    from guardian.config import parse_config
+
+    config = parse_config({"enforce": {"local_disk_unused_below": "512MiB"}})
+    assert config.enforce.local_disk_unused_below == 512.0
+    assert config.enforce.local_disks == "stop-if-unused"
+    assert config.enforce.autoscaling_groups == "alert"
+    assert (
+        parse_config({"enforce": {"local_disk_unused_below": "2GB"}}).enforce.model_dump(
+            mode="json"
+        )["local_disk_unused_below"]
+        == f"{2e9 / 2**20:g}MiB"
+    )
+    for bad, message in (
+        ({"local_disk_unused_below": "5"}, "not a size: '5'"),
+        ({"local_disk_unused_below": "0GiB"}, "must be above 0 (to never stop"),
+        ({"local_disk_unused_below": "2TiB"}, "at most 1TiB"),
+        ({"local_disks": "wipe"}, "enforce.local_disks"),
+        ({"autoscaling_groups": "terminate"}, "enforce.autoscaling_groups"),
+    ):
+        with pytest.raises(ConfigError, match=message.replace("(", r"\(")) as info:
+            parse_config({"enforce": bad})
+        assert "\n" not in str(info.value)
+
+
+def test_allow_instance_store_loss_is_a_deprecated_alias() -> None:
+    from structlog.testing import capture_logs
+
+    from guardian.config import parse_config
+
+    with capture_logs() as logs:
+        assert parse_config({"enforce": {"allow_instance_store_loss": True}}).enforce.local_disks
+        allowed = parse_config({"enforce": {"allow_instance_store_loss": True}})
+        refused = parse_config({"enforce": {"allow_instance_store_loss": False}})
+    assert (allowed.enforce.local_disks, refused.enforce.local_disks) == ("stop", "alert")
+    assert [e["key"] for e in logs if e["event"] == "config_key_deprecated"] == [
+        "enforce.allow_instance_store_loss"
+    ] * 3
+    same = {"allow_instance_store_loss": True, "local_disks": "stop"}
+    assert parse_config({"enforce": same}).enforce.local_disks == "stop"
+    with pytest.raises(ConfigError, match="contradicts local_disks: alert"):
+        parse_config({"enforce": {"allow_instance_store_loss": True, "local_disks": "alert"}})
+    with pytest.raises(ConfigError, match="expected true or false"):
+        parse_config({"enforce": {"allow_instance_store_loss": "yes"}})
+    assert "allow_instance_store_loss" not in Config().model_dump()["enforce"]

@@ -15,7 +15,7 @@ from guardian.cycle import CycleResult, audit_cycle
 from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import ActionRow, Store
-from guardian.model import GpuInstance, GpuSample, Verdict
+from guardian.model import GpuInstance, GpuSample, InstanceMetric, Verdict
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
@@ -223,22 +223,58 @@ def test_one_time_spot_is_alert_only(tmp_path: Path) -> None:
     assert world.kinds() == ["warning", "not_stopped"]
 
 
-@pytest.mark.parametrize("allow", [False, True])
-def test_instance_store_needs_explicit_consent(tmp_path: Path, allow: bool) -> None:
+@pytest.mark.parametrize(
+    ("reading", "enforce", "stopped"),
+    [
+        (0.0, {}, True),  # the agent measured its instance store: unused
+        (40 * 1024.0, {}, False),  # 40 GiB on it
+        (None, {}, False),  # no agent reading: alert-only
+        ("stale", {}, False),  # the agent stopped reporting
+        (None, {"local_disks": "stop"}, True),
+        (0.0, {"local_disks": "alert"}, False),
+        (None, {"allow_instance_store_loss": True}, True),  # the deprecated alias, still read
+    ],
+)
+def test_local_disks_are_stopped_only_when_measured_unused(
+    tmp_path: Path, reading: float | str | None, enforce: dict[str, Any], stopped: bool
+) -> None:
     local_ssd = make_instance("i-ssd", has_instance_store=True)
-    cfg = config(enforce={"allow_instance_store_loss": allow})
-    world = World(tmp_path, cfg, [local_ssd])
+    world = World(tmp_path, config(enforce=enforce), [local_ssd])
+    if reading is not None:
+        at = NOW - timedelta(minutes=30) if reading == "stale" else NOW + GRACE
+        used = 0.0 if reading == "stale" else float(reading)
+        world.provider.instance_series[local_ssd.key] = {
+            InstanceMetric.LOCAL_DISK_USED_MIB: ((NOW - timedelta(minutes=60), used), (at, used))
+        }
     world.cycle(NOW)
     world.cycle(NOW + GRACE)
-    assert world.provider.stopped == ([local_ssd.key] if allow else [])
+    assert world.provider.stopped == ([local_ssd.key] if stopped else [])
     with world.store.reader() as tx:
         (warning,) = [r for r in tx.notifications_since(NOW) if r.kind == "warning"][:1]
     text = repr(warning.message)
-    if allow:
-        assert "data is lost when it stops" in text
+    if stopped:
+        assert "wiped when it stops" in text
     else:
         assert "will not stop it automatically" in text
-        assert "instance-store" in text
+        assert "local disks" in text
+
+
+def test_local_disks_filling_up_after_the_warning_break_the_promise_once(tmp_path: Path) -> None:
+    local_ssd = make_instance("i-ssd", has_instance_store=True)
+    world = World(tmp_path, config(), [local_ssd])
+    series = world.provider.instance_series
+    series[local_ssd.key] = {InstanceMetric.LOCAL_DISK_USED_MIB: ((NOW, 0.0),)}
+    world.cycle(NOW)  # warned: a stop is promised
+    full = ((NOW + GRACE, 40 * 1024.0),)
+    series[local_ssd.key] = {InstanceMetric.LOCAL_DISK_USED_MIB: full}
+    world.cycle(NOW + GRACE)
+    world.cycle(NOW + GRACE + timedelta(minutes=5))
+    assert world.provider.stopped == []
+    assert world.kinds() == ["warning", "not_stopped"]  # no second warning, one explanation
+    blocks = [a for a in world.actions() if a.action == "block"]
+    assert [(a.outcome, "40.0 GiB in use" in (a.reason or "")) for a in blocks] == [
+        ("local_disk", True)
+    ]
 
 
 def test_hibernate_where_configured_and_supported(tmp_path: Path) -> None:

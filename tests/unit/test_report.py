@@ -20,6 +20,7 @@ FINDING_KEYS = {
     "gpu_model", "launch_time", "lifecycle", "owner", "tags", "gpu_util_mean", "gpu_util_max",
     "gpu_mem_used_max_mib", "idle_minutes", "metric_coverage", "hourly_price", "price_source",
     "cpu_equivalent", "premium", "required_speedup", "verdict", "reasons", "wasted_usd", "action",
+    "managed_by", "reserved", "reservation", "local_disk_used_mib", "enforce", "enforce_reason",
 }  # fmt: skip
 
 
@@ -118,3 +119,52 @@ def test_an_unknown_price_is_explained_once() -> None:
     (finding,) = findings_json(result, Config())["findings"]
     assert finding["verdict"] == "busy"
     assert sum("no price for x9.weird" in r for r in finding["reasons"]) == 1
+
+
+def test_owners_reservations_and_what_enforce_would_do_are_reported() -> None:
+    from guardian.model import Controller, ManagedBy
+
+    pool = ManagedBy(Controller.EKS_NODEGROUP, "gpu-ng", "prod")
+    fleet_ = [
+        make_instance("i-node", managed_by=pool),
+        make_instance("i-res", reservation="cr-0abc"),
+        make_instance("i-ssd", has_instance_store=True),
+        make_instance("i-free"),
+    ]
+    idle = flat_samples(0, 120, mem_mib=0)
+    provider = FakeProvider(fleet_, {i.key: idle for i in fleet_})
+    config = Config()
+    result = audit_cycle(config, [provider], CATALOG, NOW)
+    document = findings_json(result, config)
+    by_id = {f["instance_id"]: f for f in document["findings"]}
+    assert by_id["i-node"]["managed_by"] == {"kind": "eks-nodegroup", "name": "gpu-ng",
+                                             "cluster": "prod"}  # fmt: skip
+    assert (by_id["i-res"]["reserved"], by_id["i-res"]["reservation"]) == (True, "cr-0abc")
+    assert by_id["i-free"]["managed_by"] is None
+    assert {i: f["enforce"] for i, f in by_id.items()} == {
+        "i-node": "alert (managed by EKS node group)",
+        "i-res": "alert (reserved capacity)",
+        "i-ssd": "alert (local disk not reported)",
+        "i-free": "stop",
+    }
+    assert "min" in by_id["i-node"]["enforce_reason"]
+    assert document["totals"]["enforce"] == {
+        "idle": 4,
+        "stop": 1,
+        "standby+stop": 0,
+        "alert": 3,
+        "alert_by_reason": {
+            "managed by EKS node group": 1,
+            "reserved capacity": 1,
+            "local disk not reported": 1,
+        },
+    }
+    rows = {r["instance_id"]: r for r in csv.DictReader(io.StringIO(findings_csv(result, config)))}
+    assert rows["i-node"]["managed_by"] == "eks-nodegroup:gpu-ng"
+    assert rows["i-res"]["reserved"] == "True"
+    assert rows["i-free"]["enforce"] == "stop"
+    console = Console(width=300, record=True)
+    print_audit(result, console, config)
+    text = console.export_text()
+    assert "EKS node group gpu-ng" in text  # under the type
+    assert "If enforced, 4 idle: 1 would be stopped, 3 alert-only: " in text

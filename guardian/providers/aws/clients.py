@@ -30,7 +30,12 @@ if TYPE_CHECKING:
     from mypy_boto3_organizations import OrganizationsClient
     from mypy_boto3_sts import STSClient
 
-__all__ = ["AccountAccess", "AwsClients", "CallCounter", "account_from_role_arn"]
+__all__ = [
+    "AccountAccess",
+    "AwsClients",
+    "CallCounter",
+    "account_from_role_arn",
+]
 
 ROLE_SESSION_NAME = "gpu-guardian"
 # Assume a role again this long before its credentials expire, so no call runs on stale keys.
@@ -216,6 +221,10 @@ class AwsClients:
     def client(
         self, access: AccountAccess, service: Literal["cloudwatch"], region: str
     ) -> CloudWatchClient: ...
+    @overload
+    def client(
+        self, access: AccountAccess, service: Literal["autoscaling"], region: str
+    ) -> Any: ...
     def client(self, access: AccountAccess, service: str, region: str) -> Any:
         return self._client(access, service, region)
 

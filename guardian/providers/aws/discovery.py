@@ -23,6 +23,7 @@ import structlog
 from botocore.exceptions import ClientError
 
 from guardian.model import GpuInstance, Lifecycle
+from guardian.policy import aws_managed_by
 from guardian.providers.aws.errors import AUTH_CODES, error_code
 from guardian.providers.aws.limits import AwsLimits
 
@@ -34,7 +35,14 @@ if TYPE_CHECKING:
         InstanceTypeInfoTypeDef,
     )
 
-__all__ = ["GpuType", "GpuTypeCatalog", "discover_region", "gpu_type_from"]
+__all__ = [
+    "GpuType",
+    "GpuTypeCatalog",
+    "discover_region",
+    "gpu_type_from",
+    "spot_request_types",
+    "to_instance",
+]
 
 log = structlog.get_logger(__name__)
 T = TypeVar("T")
@@ -118,6 +126,17 @@ class GpuTypeCatalog:
                 self._regions[region] = cached
         return {name: gpu for name in sorted(cached[1]) if (gpu := self._types.get(name))}
 
+    def gpu_type(self, ec2: EC2Client, name: str) -> GpuType | None:
+        """One type's GPU facts: from what is known, else one DescribeInstanceTypes for it."""
+        with self._lock:
+            if name in self._types:
+                return self._types[name]
+        requested: list[Any] = [name]
+        response = ec2.describe_instance_types(InstanceTypes=requested)
+        with self._lock:
+            self._remember(response["InstanceTypes"])
+            return self._types.setdefault(name, None)
+
     def _learn(self, ec2: EC2Client, region: str) -> set[str]:
         with self._lock:
             if not self._types:
@@ -164,7 +183,7 @@ class GpuTypeCatalog:
             self._types[info["InstanceType"]] = gpu_type_from(info)
 
 
-def _spot_request_types(
+def spot_request_types(
     ec2: EC2Client, instance_ids: Sequence[str], limits: AwsLimits
 ) -> dict[str, str]:
     """instance id → spot request type (``one-time`` | ``persistent``), batched by filter."""
@@ -184,7 +203,14 @@ def _spot_request_types(
     return {instance_id: kind for instance_id, (_, kind) in found.items()}
 
 
-def _to_instance(
+def _reservation(raw: InstanceTypeDef) -> str | None:
+    """The capacity reservation (or block) the instance runs in, if any."""
+    if raw.get("InstanceLifecycle") == "capacity-block":
+        return raw.get("CapacityReservationId") or "capacity block"
+    return raw.get("CapacityReservationId") or None
+
+
+def to_instance(
     raw: InstanceTypeDef,
     *,
     account: str,
@@ -214,6 +240,8 @@ def _to_instance(
         has_instance_store=gpu.has_instance_store,
         spot_one_time=spot,
         hibernation_configured=bool(raw.get("HibernationOptions", {}).get("Configured", False)),
+        managed_by=aws_managed_by(tags),
+        reservation=_reservation(raw),
     )
 
 
@@ -252,15 +280,15 @@ def discover_region(
                 gpu = gpu_types.get(raw["InstanceType"])
                 if gpu is None:  # cannot happen with an exact filter; a looser API must not fool us
                     continue
-                found[raw["InstanceId"]] = _to_instance(
+                found[raw["InstanceId"]] = to_instance(
                     raw, account=account, region=region, gpu=gpu, owner_tags=owner_tags
                 )
             del page  # not kept alive while the paginator fetches and parses the next one
     spot_ids = sorted(i for i, instance in found.items() if instance.lifecycle is Lifecycle.SPOT)
     if spot_ids:
         # One-time spot instances cannot be stopped. Where the request cannot be found the
-        # instance stays one-time (as _to_instance made it): guardian then only reports it.
-        kinds = _spot_request_types(ec2, spot_ids, limits)
+        # instance stays one-time (as to_instance made it): guardian then only reports it.
+        kinds = spot_request_types(ec2, spot_ids, limits)
         for instance_id in spot_ids:
             if kinds.get(instance_id, "one-time") != "one-time":
                 found[instance_id] = replace(found[instance_id], spot_one_time=False)

@@ -10,9 +10,9 @@ which is how the tests and ``guardian demo`` point it at moto.
 from __future__ import annotations
 
 import time
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, as_completed
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 from datetime import datetime
 from typing import TYPE_CHECKING
 
@@ -22,19 +22,35 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from guardian.config import AwsOrganizationAccounts, Config
-from guardian.errors import AuthError, GuardianError
-from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric
+from guardian.errors import AuthError, GuardianError, ProviderError
+from guardian.model import Controller, GpuInstance, GpuUtilisation, ScalingGroup
 from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
 from guardian.providers.aws.accounts import AccountDirectory
-from guardian.providers.aws.clients import AccountAccess, AwsClients, CallCounter
-from guardian.providers.aws.discovery import GpuTypeCatalog, discover_region
+from guardian.providers.aws.actions import (
+    describe_groups,
+    describe_running,
+    read_stop_protection,
+    refusal,
+    standby_then_stop,
+    stop_instance,
+)
+from guardian.providers.aws.clients import (
+    AccountAccess,
+    AwsClients,
+    CallCounter,
+)
+from guardian.providers.aws.collect import Fetched, instance_listings, reduce_as_completed
+from guardian.providers.aws.discovery import (
+    GpuTypeCatalog,
+    discover_region,
+    spot_request_types,
+    to_instance,
+)
 from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.aws.limits import AwsLimits
 from guardian.providers.aws.metrics import (
-    Dims,
     InstanceSeriesSpec,
     MetricNames,
-    Points,
     Query,
     aligned_window,
     fetch_batch,
@@ -42,7 +58,6 @@ from guardian.providers.aws.metrics import (
     no_series_error,
     plan_batches,
     queries_per_call,
-    reduce_instance,
 )
 
 if TYPE_CHECKING:
@@ -67,75 +82,6 @@ def _operation(exc: BaseException, service: str, default: str) -> str:
     if isinstance(exc, ClientError) and exc.operation_name:
         return f"{service}:{exc.operation_name}"
     return default
-
-
-Fetched = tuple[dict[str, Points], dict[str, str]]  # points and failures by query id
-
-
-Listings = Mapping[tuple[tuple[str, str], str, str], "Future[dict[str, list[Dims]]]"]
-
-
-def _instance_listings(
-    unit: tuple[str, str], listings: Listings, names: MetricNames
-) -> dict[InstanceMetric, dict[str, list[Dims]]]:
-    """The listed per-instance series of one unit; a failed listing only loses that series."""
-    found: dict[InstanceMetric, dict[str, list[Dims]]] = {}
-    for spec in names.instance_series:
-        if not spec.listed:
-            continue
-        try:
-            found[spec.key] = listings[(unit, spec.namespace, spec.metric)].result()
-        except Exception as exc:
-            log.warning(
-                "aws_instance_series_listing_failed",
-                region=unit[1],
-                metric=spec.metric,
-                error=str(exc),
-            )
-    return found
-
-
-def _reduce_as_completed(
-    batch_of: dict[Future[Fetched], list[Query]],
-    measured: Sequence[GpuInstance],
-    names: MetricNames,
-) -> Iterator[tuple[str, GpuUtilisation]]:
-    """Reduce each instance to its samples as soon as every batch holding its queries is in,
-    yield it and drop its raw points: memory stays bounded by the batches in flight (and what
-    the caller keeps), not the fleet.
-
-    Takes the futures over (``batch_of`` is emptied), so no answer outlives its reduction. A
-    failed call fails each of its queries, with the call's error as the reason.
-    """
-    by_key = {instance.key: instance for instance in measured}
-    queries: dict[str, list[Query]] = {}
-    outstanding: Counter[str] = Counter()
-    for batch in batch_of.values():
-        for query in batch:
-            queries.setdefault(query.instance_key, []).append(query)
-        outstanding.update({query.instance_key for query in batch})
-    points: dict[str, Points] = {}
-    failed: dict[str, str] = {}
-    for future in as_completed(list(batch_of)):
-        batch = batch_of.pop(future)  # drop our reference: the answer is not kept twice
-        try:
-            batch_points, batch_failed = future.result()
-        except Exception as exc:
-            error = map_aws_error(exc, operation="cloudwatch:GetMetricData")
-            failed.update({query.id: str(error) for query in batch})
-        else:
-            points.update(batch_points)
-            failed.update(batch_failed)
-        for key in {query.instance_key for query in batch}:
-            outstanding[key] -= 1
-            if outstanding[key]:
-                continue
-            mine = queries.pop(key)
-            reduced = reduce_instance(by_key[key], mine, points, failed, names)
-            for query in mine:
-                points.pop(query.id, None)
-                failed.pop(query.id, None)
-            yield key, reduced
 
 
 class AwsProvider:
@@ -319,7 +265,7 @@ class AwsProvider:
                     names,
                     max_queries,
                     id_prefix=f"u{unit_number}q",
-                    instance_listings=_instance_listings(unit, listings, names),
+                    instance_listings=instance_listings(unit, listings, names),
                 )
                 for batch in batches:
                     future = pool.submit(fetch_batch, cloudwatch, batch, names, start, end)
@@ -335,7 +281,7 @@ class AwsProvider:
                             ),
                         )
             # The pool stays open while the caller decides on each instance: fetching goes on.
-            yield from _reduce_as_completed(fetches, measured, names)
+            yield from reduce_as_completed(fetches, measured, names)
 
     def _readers(
         self, groups: Mapping[tuple[str, str], list[GpuInstance]]
@@ -366,41 +312,90 @@ class AwsProvider:
         failure = GpuUtilisation(period_s=self._names.period_s, error=str(error))
         return [(instance.key, failure) for instance in members]
 
-    # -- stop -----------------------------------------------------------------------------------
+    # -- acting on one instance -----------------------------------------------------------------
 
     def stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
-        """StopInstances, with Hibernate only when asked and configured on the instance."""
-        hibernating = hibernate and instance.hibernation_configured
-        action = "hibernate" if hibernating else "stop"
+        """StopInstances, with Hibernate only when asked and configured on the instance.
+
+        A second lock behind enforcement's gates: an instance a controller owns is never sent
+        a stop here (``standby_and_stop`` is the one way for a plain Auto Scaling group)."""
+        action = "hibernate" if hibernate and instance.hibernation_configured else "stop"
         if instance.provider != self.name:
             return StopResult(instance.key, False, action, "not an AWS instance")
-        if instance.spot_one_time:
-            return StopResult(
-                instance.key,
-                False,
-                action,
-                "a one-time spot instance cannot be stopped, only terminated, "
-                "and guardian never terminates",
-            )
+        refused = refusal(instance)
+        if refused is not None:
+            return StopResult(instance.key, False, action, refused, permanent=True)
         try:
             ec2 = self._clients.client(self._access(instance.account), "ec2", instance.region)
-            response = ec2.stop_instances(InstanceIds=[instance.instance_id], Hibernate=hibernating)
         except Exception as exc:
-            error = map_aws_error(exc, operation="ec2:StopInstances")
-            return StopResult(instance.key, False, action, str(error))
-        states = {
-            change.get("InstanceId"): change.get("CurrentState", {}).get("Name", "?")
-            for change in response.get("StoppingInstances", [])
-        }
-        state = states.get(instance.instance_id)
-        if state not in ("stopping", "stopped"):
-            return StopResult(
-                instance.key, False, action, f"StopInstances left it {state or 'unchanged'}"
+            return StopResult(instance.key, False, action, str(map_aws_error(exc)))
+        return stop_instance(ec2, instance, hibernate=hibernate)
+
+    def standby_and_stop(self, instance: GpuInstance, *, hibernate: bool = False) -> StopResult:
+        """A plain Auto Scaling group's member: Standby (desired capacity decremented, never
+        below the minimum), then stop. Nothing is terminated."""
+        owner = instance.managed_by
+        if owner is None or owner.kind is not Controller.AUTOSCALING_GROUP:
+            return self.stop(instance, hibernate=hibernate)
+        if instance.spot_one_time:
+            return StopResult(instance.key, False, "standby+stop", refusal(instance) or "")
+        try:
+            access = self._access(instance.account)
+            autoscaling = self._clients.client(access, "autoscaling", instance.region)
+            ec2 = self._clients.client(access, "ec2", instance.region)
+        except Exception as exc:
+            return StopResult(instance.key, False, "standby+stop", str(map_aws_error(exc)))
+        return standby_then_stop(autoscaling, ec2, instance, hibernate=hibernate)
+
+    def scaling_groups(
+        self, account: str, region: str, names: Sequence[str]
+    ) -> dict[str, ScalingGroup]:
+        """DescribeAutoScalingGroups for these names, 50 a call. Raises ProviderError."""
+        try:
+            access = self._access(account)
+            return describe_groups(self._clients.client(access, "autoscaling", region), names)
+        except Exception as exc:
+            raise map_aws_error(exc, operation="autoscaling:DescribeAutoScalingGroups") from exc
+
+    def stop_protection(self, instance: GpuInstance) -> bool | None:
+        """``DisableApiStop``, one DescribeInstanceAttribute; None when it cannot be read."""
+        try:
+            ec2 = self._clients.client(self._access(instance.account), "ec2", instance.region)
+            return read_stop_protection(ec2, instance.instance_id)
+        except Exception as exc:
+            error = map_aws_error(exc, operation="ec2:DescribeInstanceAttribute")
+            log.warning(
+                "aws_stop_protection_unread", instance_id=instance.instance_id, error=str(error)
             )
-        message = f"instance is {state}"
-        if hibernate and not hibernating:
-            message += " (hibernation is not configured on it, so it was stopped instead)"
-        return StopResult(instance.key, True, action, message)
+            return None
+
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        """This instance now: one DescribeInstances by id, DescribeInstanceTypes for its type
+        the first time, and DescribeSpotInstanceRequests for a spot instance only."""
+        try:
+            ec2 = self._clients.client(self._access(instance.account), "ec2", instance.region)
+            raw = describe_running(ec2, instance.instance_id)
+            gpu = self._catalog.gpu_type(ec2, raw["InstanceType"])
+            if gpu is None:
+                raise ProviderError(
+                    f"{raw['InstanceType']} has no GPU (DescribeInstanceTypes)", provider="aws"
+                )
+            fresh = to_instance(
+                raw,
+                account=instance.account,
+                region=instance.region,
+                gpu=gpu,
+                owner_tags=self._config.owner_tags,
+            )
+            if fresh.spot_one_time:
+                kinds = spot_request_types(ec2, [fresh.instance_id], self._limits)
+                if kinds.get(fresh.instance_id, "one-time") != "one-time":
+                    fresh = replace(fresh, spot_one_time=False)
+        except ProviderError:
+            raise
+        except Exception as exc:
+            raise map_aws_error(exc, operation="ec2:DescribeInstances") from exc
+        return fresh
 
     def close(self) -> None:
         self._clients.close()

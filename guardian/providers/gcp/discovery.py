@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from guardian.model import GpuInstance, Lifecycle
+from guardian.policy import gcp_managed_by
 from guardian.providers import UnitError
 from guardian.providers.gcp.errors import map_google_error
 
@@ -205,6 +206,28 @@ def _owner(labels: Mapping[str, str], owner_tags: Sequence[str]) -> str | None:
     return None
 
 
+def _metadata(raw: Any) -> dict[str, str]:
+    """The VM's metadata items (``created-by`` names the managed instance group)."""
+    items = getattr(getattr(raw, "metadata", None), "items", None) or []
+    return {str(item.key): str(item.value) for item in items}
+
+
+_SPECIFIC = "SPECIFIC_RESERVATION"
+
+
+def _reservation(raw: Any) -> str | None:
+    """The reservation a VM consumes by name (``SPECIFIC_RESERVATION`` affinity), if any.
+
+    A VM with ``ANY_RESERVATION`` may or may not land in one; without listing the project's
+    reservations that cannot be told, so it is not counted as reserved.
+    """
+    affinity = getattr(raw, "reservation_affinity", None)
+    if affinity is None or str(affinity.consume_reservation_type) != _SPECIFIC:
+        return None
+    names = [_last_segment(str(value)) for value in affinity.values]
+    return names[0] if names else "a specific reservation"
+
+
 def parse_instance(
     raw: Any,
     project: str,
@@ -243,6 +266,8 @@ def parse_instance(
         tags=labels,
         owner=_owner(labels, owner_tags),
         has_instance_store=any(str(d.type_).upper() == "SCRATCH" for d in raw.disks),
+        managed_by=gcp_managed_by(labels, _metadata(raw), raw.name),
+        reservation=_reservation(raw),
     )
 
 

@@ -16,14 +16,15 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import structlog
 
 from guardian.config import Config
-from guardian.errors import ConfigError
+from guardian.errors import ConfigError, ProviderError
 from guardian.model import GpuInstance, GpuUtilisation
+from guardian.policy import controller_label
 from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
 from guardian.providers.gcp.clients import GcpClients, resolve_credentials
 from guardian.providers.gcp.discovery import (
@@ -43,7 +44,7 @@ from guardian.providers.gcp.metrics import (
 )
 from guardian.providers.gcp.projects import ProjectDirectory, compute_disabled
 
-__all__ = ["GcpProvider", "probe_credentials"]
+__all__ = ["GcpProvider"]
 
 log = structlog.get_logger(__name__)
 
@@ -284,13 +285,24 @@ class GcpProvider:
         """Stop one VM and wait for its zone operation. Never deletes; never suspends a GPU VM
         (GCE cannot suspend VMs with GPUs attached, so ``hibernate`` falls back to stop)."""
         key = instance.key
-        if instance.has_instance_store and not self._config.enforce.allow_instance_store_loss:
+        if instance.managed_by is not None:  # a second lock behind enforcement's gates
+            owner = instance.managed_by
+            return StopResult(
+                key,
+                False,
+                "stop",
+                f"managed by {controller_label(owner.kind)} {owner.name}, which would replace "
+                "a stopped VM: not stopped",
+                permanent=True,
+            )
+        if instance.has_instance_store and self._config.enforce.local_disks == "alert":
             return StopResult(
                 key,
                 False,
                 "stop",
                 "has local SSD, whose data a stop discards; not stopped "
-                "(set enforce.allow_instance_store_loss to allow it)",
+                "(enforce.local_disks: alert)",
+                permanent=True,
             )
         from google.cloud import compute_v1
 
@@ -300,7 +312,8 @@ class GcpProvider:
             instance=instance.name or instance.instance_id,
         )
         if instance.has_instance_store:
-            # The API refuses to stop a VM with local SSD unless told what to do with the data.
+            # The API refuses to stop a VM with local SSD unless told what to do with the data;
+            # enforcement's local-disk gate has found it unused (or local_disks: stop allows it).
             request.discard_local_ssd = True
         try:
             operation = self._clients.instances().stop_unary(
@@ -351,6 +364,40 @@ class GcpProvider:
             self._count({"compute.zoneOperations.wait": 1})
         return operation
 
+    def stop_protection(self, instance: GpuInstance) -> bool | None:
+        """Compute Engine has no API stop protection (deletion protection does not stop a
+        stop), so there is nothing to read."""
+        return False
+
+    def describe(self, instance: GpuInstance) -> GpuInstance:
+        """This VM now: one ``instances.get`` (and, for a machine type not yet known, the
+        name-filtered machine-types lookup, cached for a day)."""
+        from google.cloud import compute_v1
+
+        request = compute_v1.GetInstanceRequest(
+            project=instance.account,
+            zone=instance.zone,
+            instance=instance.name or instance.instance_id,
+        )
+        try:
+            raw = self._clients.instances().get(
+                request=request, retry=self._retry(), timeout=self._call_timeout_s
+            )
+        except Exception as exc:
+            raise map_google_error(exc, "instances.get") from exc
+        finally:
+            self._count({"compute.instances.get": 1})
+        if str(raw.status) != "RUNNING":
+            raise ProviderError(f"VM {raw.name} is {raw.status}, not running", provider=self.name)
+        listing = ProjectListing(instance.account, raw_instances=[raw])
+        calls: dict[str, int] = {}
+        accelerators = self._accelerators([listing], calls)
+        self._count(calls)
+        found = listing.gpu_instances(accelerators, self._config.owner_tags)
+        if not found:
+            raise ProviderError(f"VM {raw.name} has no GPU", provider=self.name)
+        return found[0]
+
     def close(self) -> None:
         self._clients.close()
 
@@ -367,47 +414,3 @@ def _describe_credentials(credentials: Any) -> str:
     if kind == "Credentials" and hasattr(credentials, "refresh_token"):
         return "user credentials (gcloud auth application-default login)"
     return f"{kind} credentials"
-
-
-def probe_credentials(config: Config) -> str:
-    """That the credentials may list instances and read time series in every project.
-
-    One smallest-possible call of each kind per project; raises ``AuthError`` and friends with
-    the project named (``guardian check-config --probe`` prints the line).
-    """
-    from google.cloud import compute_v1
-
-    from guardian.providers.gcp.discovery import INSTANCE_FILTER
-    from guardian.providers.gcp.metrics import build_request
-
-    provider = GcpProvider(config, api_deadline_s=20.0)
-    clients = provider._clients
-    end = datetime.now(UTC)
-    start = end - timedelta(minutes=10)
-    try:
-        for project in provider.projects:
-            operation = "instances.aggregatedList"
-            try:
-                request = compute_v1.AggregatedListInstancesRequest(
-                    project=project, filter=INSTANCE_FILTER, max_results=1
-                )
-                pager = clients.instances().aggregated_list(request=request, timeout=20.0)
-                next(iter(pager.pages), None)
-                operation = "monitoring.listTimeSeries"
-                query = build_request(
-                    project, config.gcp.metrics.gpu_util, "util", start=start, end=end, period_s=60
-                )
-                query.page_size = 1
-                next(
-                    iter(clients.metrics().list_time_series(request=query, timeout=20.0).pages),
-                    None,
-                )
-            except Exception as exc:
-                error = map_google_error(exc, operation)
-                raise type(error)(
-                    f"project {project}: {error}", provider="gcp", operation=operation
-                ) from exc
-        listed = ", ".join(provider.projects)
-        return f"{provider.credentials_description}; may list VMs and read GPU metrics in {listed}"
-    finally:
-        provider.close()
