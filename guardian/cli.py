@@ -53,9 +53,19 @@ def _root(
 
 def _register_commands() -> None:
     # Each module's register() adds its commands; none imports a cloud SDK at import time.
-    from guardian.commands import agent, audit, backtest, check_config, demo, history, prices, run
+    from guardian.commands import (
+        agent,
+        audit,
+        backtest,
+        check_config,
+        demo,
+        history,
+        prices,
+        rightsize,
+        run,
+    )
 
-    for module in (audit, check_config, demo, prices, history, run, backtest, agent):
+    for module in (audit, rightsize, check_config, demo, prices, history, run, backtest, agent):
         module.register(app)
 
 

@@ -1,13 +1,28 @@
-"""Build the configured providers. The cloud SDKs are imported here, only when enabled."""
+"""Build the configured providers. The cloud SDKs are imported here, only when enabled.
+
+Each cloud's per-instance series (read beside the GPUs' in the same batched calls) are listed in
+one function per cloud, ``aws_instance_series`` and ``gcp_instance_series``: add a series there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from guardian.config import Config
+from guardian.model import InstanceMetric
 from guardian.providers import Provider
 
-__all__ = ["build_providers", "restrict_regions"]
+if TYPE_CHECKING:
+    from guardian.providers.aws.metrics import InstanceSeriesSpec
+    from guardian.providers.gcp.metrics import GcpInstanceSeriesSpec
+
+__all__ = ["aws_instance_series", "build_providers", "gcp_instance_series", "restrict_regions"]
+
+# Host series are read as the maximum over 5 minutes: AWS/EC2 basic monitoring stores one
+# datapoint per 5 minutes anyway, a peak within them survives the Maximum, and a 5-minute query
+# weighs a fifth of a 1-minute one in GetMetricData's datapoint budget per call.
+HOST_PERIOD_S = 300
 
 
 def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
@@ -18,14 +33,70 @@ def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
     return config.model_copy(update={"aws": aws})
 
 
-def build_providers(config: Config) -> list[Provider]:
+def aws_instance_series(config: Config) -> tuple[InstanceSeriesSpec, ...]:
+    """The per-instance series the AWS provider packs into its GetMetricData calls.
+
+    - host CPU: ``AWS/EC2 CPUUtilization``, every instance has it with exactly {InstanceId}, so
+      it is queried without a listing;
+    - host memory: the CloudWatch agent's ``mem_used_percent`` (its ``mem`` plugin), in the
+      agent's namespace, listed once per region (append_dimensions vary).
+    """
+    from guardian.providers.aws.metrics import InstanceSeriesSpec
+
+    period = max(HOST_PERIOD_S, config.aws.metrics.period)
+    return (
+        InstanceSeriesSpec(
+            InstanceMetric.HOST_CPU_PCT, "AWS/EC2", "CPUUtilization", listed=False, period_s=period
+        ),
+        InstanceSeriesSpec(
+            InstanceMetric.HOST_MEM_PCT,
+            config.aws.metrics.namespace,
+            "mem_used_percent",
+            listed=True,
+            period_s=period,
+        ),
+    )
+
+
+def gcp_instance_series(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
+    """The per-instance series the GCP provider reads with one query per project each.
+
+    - host CPU: ``compute.googleapis.com/instance/cpu/utilization`` (a fraction: scale 100),
+      every VM has it without an agent;
+    - host memory: the Ops Agent's ``agent.googleapis.com/memory/percent_used``, one series per
+      ``state`` label: only ``used``.
+    """
+    from guardian.providers.gcp.metrics import GcpInstanceSeriesSpec
+
+    period = max(HOST_PERIOD_S, config.gcp.metrics.period)
+    return (
+        GcpInstanceSeriesSpec(
+            InstanceMetric.HOST_CPU_PCT,
+            "compute.googleapis.com/instance/cpu/utilization",
+            100.0,
+            period_s=period,
+        ),
+        GcpInstanceSeriesSpec(
+            InstanceMetric.HOST_MEM_PCT,
+            "agent.googleapis.com/memory/percent_used",
+            labels=(("state", "used"),),
+            period_s=period,
+        ),
+    )
+
+
+def build_providers(config: Config, *, instance_series: bool = True) -> list[Provider]:
+    """The enabled providers; ``instance_series=False`` reads the GPUs' series only (a
+    backtest's history needs nothing else)."""
     providers: list[Provider] = []
     if config.aws.enabled:
         from guardian.providers.aws.provider import AwsProvider
 
-        providers.append(AwsProvider(config))
+        aws_series = aws_instance_series(config) if instance_series else ()
+        providers.append(AwsProvider(config, instance_series=aws_series))
     if config.gcp.enabled:
         from guardian.providers.gcp.provider import GcpProvider
 
-        providers.append(GcpProvider(config))
+        gcp_series = gcp_instance_series(config) if instance_series else ()
+        providers.append(GcpProvider(config, instance_series=gcp_series))
     return providers

@@ -20,6 +20,7 @@ FINDING_KEYS = {
     "gpu_model", "launch_time", "lifecycle", "owner", "tags", "gpu_util_mean", "gpu_util_max",
     "gpu_mem_used_max_mib", "idle_minutes", "metric_coverage", "hourly_price", "price_source",
     "cpu_equivalent", "premium", "required_speedup", "verdict", "reasons", "wasted_usd", "action",
+    "recommendation", "rightsize_note",
 }  # fmt: skip
 
 
