@@ -13,6 +13,7 @@ a heartbeat while cycles stay healthy), ``STATUS=`` with a one-line summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import queue
 import signal
@@ -31,7 +32,7 @@ from guardian.config import Config, load_config
 from guardian.cycle import CycleResult, audit_cycle
 from guardian.daemon import sdnotify
 from guardian.daemon.enforce import Enforcer, EnforceSummary
-from guardian.daemon.messages import digest_message
+from guardian.daemon.messages import Saving, digest_message, top_savings
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
 from guardian.daemon.store import Store
@@ -160,6 +161,9 @@ class Daemon:
         self._signals: queue.Queue[int] = queue.Queue()
         self._scheduler: BlockingScheduler | None = None
         self._last_healthy = time.monotonic()
+        # The latest cycle's largest right-sizing savings, for the digest: re-derived by every
+        # cycle, so memory is the place (a restart's first cycle fills it again).
+        self._savings: tuple[Saving, ...] = ()
 
     @property
     def config(self) -> Config:
@@ -191,6 +195,7 @@ class Daemon:
         now = self._clock()
         catalog = self._catalog_loader(config.state_dir)
         result = audit_cycle(config, runtime.providers, catalog, now)
+        self._savings = top_savings(result.findings)
         summary = runtime.enforcer.run(result, self._clock(), cycle_id)
         duration = time.monotonic() - started
         t = totals(result.findings)
@@ -241,6 +246,7 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(job="digest"):
             with self.store.reader() as tx:
                 summary = digest_summary(tx, now, config.poll_interval)
+            summary = dataclasses.replace(summary, top_savings=self._savings)
             with self.store.transaction() as tx:
                 self._runtime.notifier.enqueue(
                     tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
