@@ -14,7 +14,10 @@
    (``bench.fleet_child``), with verdicts from the same ``policy.decide``.
 5. Prints both side by side with the ratio, then checks the budgets and prints PASS/FAIL:
    - CloudWatch calls <= sum over regions of (2 x ceil(series_r / 500) + 1), series_r = GPU
-     series seeded in the region (both metrics);
+     series seeded in the region (both metrics), plus, with the host series read (the default;
+     ``--no-host-series`` turns them off), ceil(mem_r / 500) more listing pages and
+     ceil(2 x mem_r / 500) more GetMetricData calls, mem_r = instances with the agent's memory
+     series (each measured instance adds a CPU and a memory query);
    - EC2 calls <= sum over regions of (ceil(N_r / 1000) + P) + ceil(spot_r / 200), P = pages of
      a full DescribeInstanceTypes on this server; the last term is the spot-request lookup;
    - peak RSS of the audit <= 200 MB;
@@ -83,7 +86,7 @@ def _child(
     return code, time.perf_counter() - started
 
 
-def _config(workdir: Path, regions: Sequence[str]) -> Path:
+def _config(workdir: Path, regions: Sequence[str], *, host_series: bool = True) -> Path:
     path = workdir / "guardian.yaml"
     region_list = ", ".join(regions)
     path.write_text(
@@ -91,6 +94,7 @@ def _config(workdir: Path, regions: Sequence[str]) -> Path:
         f"state_dir: {workdir / 'state'}\n"
         "metrics: {listen: ''}\n"
         "cost: {lookback: 2h}\n"
+        f"rightsize: {{host_metrics: {str(host_series).lower()}}}\n"
         f"aws: {{regions: [{region_list}]}}\n"
     )
     return path
@@ -171,9 +175,20 @@ class Check:
 
 
 def budgets(
-    fleet: SeededFleet, regions: Sequence[str], guardian: Run, type_pages: int
+    fleet: SeededFleet,
+    regions: Sequence[str],
+    guardian: Run,
+    type_pages: int,
+    *,
+    host_series: bool = True,
 ) -> list[Check]:
     cw_budget = sum(2 * math.ceil(fleet.series.get(r, 0) / LIST_PAGE) + 1 for r in regions)
+    if host_series:
+        cw_budget += sum(
+            math.ceil(fleet.host_mem.get(r, 0) / LIST_PAGE)
+            + math.ceil(2 * fleet.host_mem.get(r, 0) / QUERIES_PER_CALL)
+            for r in regions
+        )
     ec2_budget = sum(
         math.ceil(len(fleet.in_region(r)) / INSTANCES_PER_PAGE)
         + type_pages
@@ -297,6 +312,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the alternative (and the verdict check)",
     )
+    parser.add_argument(
+        "--no-host-series",
+        action="store_true",
+        help="audit with rightsize.host_metrics false (no host CPU and memory queries)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
 
@@ -320,7 +340,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type_pages = instance_type_pages(session, regions[0])
         with tempfile.TemporaryDirectory(prefix="guardian-fleet-") as tmp:
             workdir = Path(tmp)
-            config = _config(workdir, regions)
+            host_series = not args.no_host_series
+            config = _config(workdir, regions, host_series=host_series)
             sdk_modules = help_imports(env, workdir)
             moto_speedups.enable(latency_s=args.latency_ms / 1000)
             guardian, audit = run_guardian(config, env, workdir)
@@ -337,14 +358,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = Counter(f["verdict"] for f in audit["findings"])
     print(
         f"\nfleet: {args.instances} instances x {args.gpus} GPU over {len(regions)} regions "
-        f"({', '.join(regions)}), {series:,} series, {fleet.datums:,} datums "
+        f"({', '.join(regions)}), {series:,} GPU series, {fleet.datums:,} datums "
         f"(seeded in {seeding_s:.0f} s); latency {args.latency_ms:g} ms a call"
     )
     print("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items())))
     print()
     for line in side_by_side(guardian, alternative):
         print(line)
-    checks = budgets(fleet, regions, guardian, type_pages)
+    checks = budgets(fleet, regions, guardian, type_pages, host_series=host_series)
     checks.append(
         Check(
             "guardian --help imports no cloud SDK",
@@ -363,6 +384,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gpus": args.gpus,
             "regions": list(regions),
             "series": series,
+            "host_series": host_series,
+            "host_memory_series": sum(fleet.host_mem.values()),
             "datums": fleet.datums,
             "latency_ms": args.latency_ms,
             "seeding_s": round(seeding_s, 1),

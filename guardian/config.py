@@ -93,6 +93,10 @@ class RightsizeConfig(_Section):
     gpu_busy_above: float = 10.0
     # Multiplier on every measured need: GPU memory, GPU work, host vCPUs and memory.
     headroom: float = 1.25
+    # Extension: read host CPU and memory beside the GPUs' (AWS: one more query per instance and
+    # metric in the same GetMetricData calls; GCP: one more query per project and metric).
+    # Off: right-sizing keeps every host at its current vCPUs and memory.
+    host_metrics: bool = True
 
     @field_validator("gpu_busy_above")
     @classmethod

@@ -8,9 +8,10 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from guardian.model import GpuInstance, GpuSample, GpuUtilisation
+from guardian.model import GpuInstance, GpuSample, GpuSummary, GpuUtilisation
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, UnitError
+from guardian.series import percentile
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -65,6 +66,14 @@ def flat_samples(
     )
 
 
+def _summaries(samples: Sequence[GpuSample], gpus: int) -> tuple[GpuSummary, ...]:
+    """Every GPU summarised as the instance's reduced series (the fake keeps no per-GPU data)."""
+    mems = [s.mem_used_mib for s in samples if s.mem_used_mib is not None]
+    p95 = percentile((s.gpu_util_pct for s in samples), 95)
+    peak = max(mems) if mems else None
+    return tuple(GpuSummary(str(i), p95, peak, len(samples)) for i in range(gpus))
+
+
 @dataclass
 class FakeProvider:
     instances: list[GpuInstance]
@@ -86,7 +95,9 @@ class FakeProvider:
             yield (
                 instance.key,
                 (
-                    GpuUtilisation(series, 60, instance.gpu_count)
+                    GpuUtilisation(
+                        series, 60, instance.gpu_count, gpus=_summaries(series, instance.gpu_count)
+                    )
                     if series
                     else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
                 ),

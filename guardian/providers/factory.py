@@ -40,9 +40,13 @@ def aws_instance_series(config: Config) -> tuple[InstanceSeriesSpec, ...]:
       it is queried without a listing;
     - host memory: the CloudWatch agent's ``mem_used_percent`` (its ``mem`` plugin), in the
       agent's namespace, listed once per region (append_dimensions vary).
+
+    None of them with ``rightsize.host_metrics: false``.
     """
     from guardian.providers.aws.metrics import InstanceSeriesSpec
 
+    if not config.rightsize.host_metrics:
+        return ()
     period = max(HOST_PERIOD_S, config.aws.metrics.period)
     return (
         InstanceSeriesSpec(
@@ -65,9 +69,13 @@ def gcp_instance_series(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
       every VM has it without an agent;
     - host memory: the Ops Agent's ``agent.googleapis.com/memory/percent_used``, one series per
       ``state`` label: only ``used``.
+
+    None of them with ``rightsize.host_metrics: false``.
     """
     from guardian.providers.gcp.metrics import GcpInstanceSeriesSpec
 
+    if not config.rightsize.host_metrics:
+        return ()
     period = max(HOST_PERIOD_S, config.gcp.metrics.period)
     return (
         GcpInstanceSeriesSpec(
