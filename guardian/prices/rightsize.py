@@ -355,7 +355,7 @@ def rightsize(
     bounds: _Bounds | None = None
     why_not: str
     if not current.gpus:
-        why_not = "GPUs attached per VM (N1): only the CPU move is sized"
+        why_not = "an N1 VM's GPUs are attached per VM, not a type in the catalog: not sized"
     elif not utilisation.gpus:
         why_not = "no per-GPU measurement from this source: not sized"
     else:

@@ -150,7 +150,12 @@ def suggest_lines(result: CycleResult) -> list[Text]:
         assert finding.recommendation is not None
         label = finding.instance.name or finding.instance.instance_id
         line = Text(f"{label}: ", style="bold")
-        line.append(f"{suggestion(finding.recommendation).replace(chr(10), ' ')} — ")
+        rec = finding.recommendation
+        line.append(suggestion(rec).replace("\n", " "))
+        if rec.move_to_cpu:
+            cpu = rec.move_to_cpu
+            line.append(f" (or CPU {cpu.instance_type} −{_money(cpu.saves_usd_month, 0)}/mo)")
+        line.append(" — ")
         line.append(finding.recommendation.reason)
         lines.append(line)
     return lines

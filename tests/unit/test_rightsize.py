@@ -262,7 +262,7 @@ def test_an_n1_vm_with_attached_gpus_gets_only_the_cpu_move() -> None:
     assert rec is not None
     assert price.cpu_equivalent is not None
     assert (rec.move, rec.instance_type) == ("cpu", price.cpu_equivalent.instance_type)
-    assert "GPUs attached per VM (N1)" in rec.reason
+    assert "N1 VM's GPUs are attached per VM" in rec.reason
     # Busy, it earns its premium: nothing to offer.
     assert size(inst, measured([(20.0, 3000.0)]))[0] is None
 
