@@ -221,7 +221,7 @@ def _bounds(need: MeasuredNeed, current: TypePrice, config: Config) -> _Bounds |
 def _gpu_fits(
     catalog: PriceCatalog, current: TypePrice, candidate: TypePrice, bounds: _Bounds
 ) -> str | None:
-    """None if the candidate's GPUs do the work, else why not; '' for a same-model fit."""
+    """None if the candidate's GPUs do the work, else a word for why not."""
     if candidate.gpu_model is None or candidate.gpu_memory_gib is None:
         return "unknown GPU"
     if candidate.gpu_memory_gib * _MIB_PER_GIB < bounds.gpu_mem_mib:
