@@ -29,6 +29,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import lru_cache
 from itertools import pairwise
 
 from guardian.config import Config
@@ -106,6 +107,7 @@ def rightsize_block(
     return None
 
 
+@lru_cache(maxsize=4096)  # a handful of names, asked for every candidate of every instance
 def host_arch(provider: str, instance_type: str) -> str:
     """``arm64`` or ``x86_64`` by the clouds' naming: an AWS family with a ``g`` after its
     generation (g5g, c7gn, m6gd, im4gn) runs on Graviton; GCP's t2a, c4a and a4x are Arm."""
