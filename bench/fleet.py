@@ -14,8 +14,11 @@
    (``bench.fleet_child``), with verdicts from the same ``policy.decide``.
 5. Prints both side by side with the ratio, then checks the budgets and prints PASS/FAIL:
    - CloudWatch calls <= sum over regions of (2 x ceil(series_r / 500) + 1 + L), series_r = GPU
-     series seeded in the region (both metrics), L = listed per-instance series read beside
-     them (1: the agent's local-disk metric, one ListMetrics per region);
+     series seeded in the region (both metrics), L = the agent's listed per-instance series read
+     beside them (local disks, notebooks: one ListMetrics each per region), plus, with the host
+     series read (the default; ``--no-host-series`` turns them off), ceil(mem_r / 500) more
+     listing pages and ceil(2 x mem_r / 500) more GetMetricData calls, mem_r = instances with
+     the agent's memory series (each measured instance adds a CPU and a memory query);
    - EC2 calls <= sum over regions of (ceil(N_r / 1000) + P) + ceil(spot_r / 200), P = pages of
      a full DescribeInstanceTypes on this server; the last term is the spot-request lookup;
    - peak RSS of the audit <= 200 MB;
@@ -42,6 +45,7 @@ from typing import Any
 
 from bench.fleet_seed import FleetShape, SeededFleet, seed
 from guardian.config import Config
+from guardian.model import InstanceMetric
 from guardian.providers.factory import aws_instance_series
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -86,7 +90,7 @@ def _child(
     return code, time.perf_counter() - started
 
 
-def _config(workdir: Path, regions: Sequence[str]) -> Path:
+def _config(workdir: Path, regions: Sequence[str], *, host_series: bool = True) -> Path:
     path = workdir / "guardian.yaml"
     region_list = ", ".join(regions)
     path.write_text(
@@ -94,6 +98,7 @@ def _config(workdir: Path, regions: Sequence[str]) -> Path:
         f"state_dir: {workdir / 'state'}\n"
         "metrics: {listen: ''}\n"
         "cost: {lookback: 2h}\n"
+        f"rightsize: {{host_metrics: {str(host_series).lower()}}}\n"
         f"aws: {{regions: [{region_list}]}}\n"
     )
     return path
@@ -174,11 +179,27 @@ class Check:
 
 
 def budgets(
-    fleet: SeededFleet, regions: Sequence[str], guardian: Run, type_pages: int
+    fleet: SeededFleet,
+    regions: Sequence[str],
+    guardian: Run,
+    type_pages: int,
+    *,
+    host_series: bool = True,
 ) -> list[Check]:
-    # One more ListMetrics per region for each listed per-instance series (local disks).
-    listed = sum(1 for spec in aws_instance_series(Config()) if spec.listed)
+    # One more ListMetrics per region for each of the agent's listed series (local disks,
+    # notebooks); the host memory listing is counted with the host series below.
+    listed = sum(
+        1
+        for spec in aws_instance_series(Config())
+        if spec.listed and spec.key is not InstanceMetric.HOST_MEM_PCT
+    )
     cw_budget = sum(2 * math.ceil(fleet.series.get(r, 0) / LIST_PAGE) + 1 + listed for r in regions)
+    if host_series:
+        cw_budget += sum(
+            math.ceil(fleet.host_mem.get(r, 0) / LIST_PAGE)
+            + math.ceil(2 * fleet.host_mem.get(r, 0) / QUERIES_PER_CALL)
+            for r in regions
+        )
     ec2_budget = sum(
         math.ceil(len(fleet.in_region(r)) / INSTANCES_PER_PAGE)
         + type_pages
@@ -302,6 +323,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         action="store_true",
         help="skip the alternative (and the verdict check)",
     )
+    parser.add_argument(
+        "--no-host-series",
+        action="store_true",
+        help="audit with rightsize.host_metrics false (no host CPU and memory queries)",
+    )
     parser.add_argument("--json", type=Path, help="also write every figure here")
     args = parser.parse_args(argv)
 
@@ -325,7 +351,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         type_pages = instance_type_pages(session, regions[0])
         with tempfile.TemporaryDirectory(prefix="guardian-fleet-") as tmp:
             workdir = Path(tmp)
-            config = _config(workdir, regions)
+            host_series = not args.no_host_series
+            config = _config(workdir, regions, host_series=host_series)
             sdk_modules = help_imports(env, workdir)
             moto_speedups.enable(latency_s=args.latency_ms / 1000)
             guardian, audit = run_guardian(config, env, workdir)
@@ -342,14 +369,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     verdicts = Counter(f["verdict"] for f in audit["findings"])
     print(
         f"\nfleet: {args.instances} instances x {args.gpus} GPU over {len(regions)} regions "
-        f"({', '.join(regions)}), {series:,} series, {fleet.datums:,} datums "
+        f"({', '.join(regions)}), {series:,} GPU series, {fleet.datums:,} datums "
         f"(seeded in {seeding_s:.0f} s); latency {args.latency_ms:g} ms a call"
     )
     print("verdicts: " + ", ".join(f"{v} {n}" for v, n in sorted(verdicts.items())))
     print()
     for line in side_by_side(guardian, alternative):
         print(line)
-    checks = budgets(fleet, regions, guardian, type_pages)
+    checks = budgets(fleet, regions, guardian, type_pages, host_series=host_series)
     checks.append(
         Check(
             "guardian --help imports no cloud SDK",
@@ -368,6 +395,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "gpus": args.gpus,
             "regions": list(regions),
             "series": series,
+            "host_series": host_series,
+            "host_memory_series": sum(fleet.host_mem.values()),
             "datums": fleet.datums,
             "latency_ms": args.latency_ms,
             "seeding_s": round(seeding_s, 1),

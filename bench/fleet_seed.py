@@ -7,7 +7,9 @@ CloudWatch agent's GPU metrics stored directly in the in-process backends
 (``moto_speedups.backdate_in_process`` / ``put_in_process``): over HTTP, PutMetricData of a
 million datums alone would take about a minute. The datums are the agent's own schema
 (``guardian.simulated.aws.gpu_datums``: namespace CWAgent, one series per GPU with InstanceId,
-host, index, name), one per GPU per minute.
+host, index, name), one per GPU per minute. Beside them, each instance's host: ``AWS/EC2
+CPUUtilization`` every 5 minutes (EC2 publishes it with or without an agent) and, where the agent
+runs, its ``mem_used_percent`` every minute (``guardian.simulated.aws.host_datums``).
 
 The mix is what a platform team sees on a Monday morning: training runs, notebooks, inference
 services, jobs that finished (memory still held, or released), a paused run, machines without
@@ -20,12 +22,21 @@ from __future__ import annotations
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from guardian.simulated import moto_speedups
-from guardian.simulated.aws import AGENT_NAMESPACE, Reading, gpu_datums, image_id
+from guardian.simulated.aws import (
+    AGENT_NAMESPACE,
+    EC2_NAMESPACE,
+    HOST_CPU_METRIC,
+    HOST_MEM_METRIC,
+    Reading,
+    gpu_datums,
+    host_datums,
+    image_id,
+)
 
 __all__ = ["KINDS", "FleetShape", "SeededFleet", "SeededInstance", "kinds_of", "seed"]
 
@@ -70,6 +81,10 @@ class SeededFleet:
     instances: tuple[SeededInstance, ...]
     series: dict[str, int]  # region → GPU series stored (both metrics)
     datums: int
+    # region → host series stored: CPU (one per instance) and the agent's memory (one per
+    # instance with the agent); each is one GetMetricData query per instance with GPU series.
+    host_cpu: dict[str, int] = field(default_factory=dict)
+    host_mem: dict[str, int] = field(default_factory=dict)
 
     def in_region(self, region: str) -> list[SeededInstance]:
         return [i for i in self.instances if i.region == region]
@@ -256,18 +271,36 @@ def seed(shape: FleetShape, session: Any, progress: Callable[[str], None] = prin
         progress(f"launched {count} instances in {region}")
     now = datetime.now(UTC).replace(microsecond=0)
     series: Counter[str] = Counter()
+    host_cpu: Counter[str] = Counter()
+    host_mem: Counter[str] = Counter()
     datums = 0
+    host_minutes = total
+    host_rng = random.Random(shape.seed + 1)  # its own, so the GPU traces stay as they were
     models = dict(types)
     for instance in launched:
         moto_speedups.backdate_in_process(
             instance.region, [instance.instance_id], now - ages[instance.instance_id]
         )
         trace = KINDS[instance.kind][1](rng, total, history - 1)
+        end = now + shape.future
+        cpu = [host_rng.uniform(3, 60) for _ in range(host_minutes // 5)]
+        datums += moto_speedups.put_in_process(
+            instance.region,
+            host_datums(instance.instance_id, HOST_CPU_METRIC, cpu, end),
+            EC2_NAMESPACE,
+        )
+        host_cpu[instance.region] += 1
         if trace is None:
             continue
+        mem = [host_rng.uniform(5, 70) for _ in range(host_minutes)]
+        datums += moto_speedups.put_in_process(
+            instance.region,
+            host_datums(instance.instance_id, HOST_MEM_METRIC, mem, end, period_s=60),
+            AGENT_NAMESPACE,
+        )
+        host_mem[instance.region] += 1
         per_gpu = _per_gpu(trace, shape.gpus, rng) if shape.gpus > 1 else trace
         # The trace's reading ``history - 1`` falls on ``now`` (floored to the minute).
-        end = now + shape.future
         batch = gpu_datums(
             instance.instance_id, shape.gpus, per_gpu, end, gpu_name=models[instance.instance_type]
         )
@@ -275,8 +308,11 @@ def seed(shape: FleetShape, session: Any, progress: Callable[[str], None] = prin
         series[instance.region] += len(
             {(d["MetricName"], d["Dimensions"][2]["Value"]) for d in batch}
         )
-    progress(f"stored {datums:,} datums in {sum(series.values()):,} series")
-    return SeededFleet(now, tuple(launched), dict(series), datums)
+    progress(
+        f"stored {datums:,} datums in {sum(series.values()):,} GPU series and "
+        f"{sum(host_cpu.values()) + sum(host_mem.values()):,} host series"
+    )
+    return SeededFleet(now, tuple(launched), dict(series), datums, dict(host_cpu), dict(host_mem))
 
 
 def kinds_of(instances: Sequence[SeededInstance]) -> dict[str, int]:

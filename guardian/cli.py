@@ -61,11 +61,23 @@ def _register_commands() -> None:
         demo,
         history,
         prices,
+        rightsize,
         run,
         status,
     )
 
-    for module in (audit, check_config, demo, prices, history, status, run, backtest, agent):
+    for module in (
+        audit,
+        rightsize,
+        check_config,
+        demo,
+        prices,
+        history,
+        status,
+        run,
+        backtest,
+        agent,
+    ):
         module.register(app)
 
 

@@ -149,6 +149,39 @@ class CostConfig(_Section):
     rule_of_thumb: tuple[float, float] = (2.0, 3.0)
 
 
+class RightsizeConfig(_Section):
+    """``guardian.prices.rightsize``: which cheaper machine would do the measured work."""
+
+    # A GPU counts as used when its p95 utilisation over cost.lookback reaches this (percent).
+    gpu_busy_above: float = 10.0
+    # Multiplier on every measured need: GPU memory, GPU work, host vCPUs and memory.
+    headroom: float = 1.25
+    # Extension: read host CPU and memory beside the GPUs' (AWS: one more query per instance and
+    # metric in the same GetMetricData calls; GCP: one more query per project and metric).
+    # Off: right-sizing keeps every host at its current vCPUs and memory.
+    host_metrics: bool = True
+
+    @field_validator("gpu_busy_above")
+    @classmethod
+    def _busy_above(cls, value: float) -> float:
+        if not 0 < value <= 100:
+            raise ValueError(
+                f"must be over 0 and at most 100 (percent of the time a GPU is busy), got {value:g}"
+            )
+        return value
+
+    @field_validator("headroom")
+    @classmethod
+    def _headroom(cls, value: float) -> float:
+        if not 1.0 <= value <= 3.0:
+            raise ValueError(
+                f"must be from 1.0 to 3.0 (a multiplier on the measured peak: below 1 would "
+                f"size under the peak, above 3 would hardly ever suggest a smaller machine), "
+                f"got {value:g}"
+            )
+        return value
+
+
 class LimitsConfig(_Section):
     max_stops_per_cycle: int = Field(5, ge=0)
     max_idle_fraction: float = Field(0.5, gt=0, le=1)
@@ -390,6 +423,7 @@ class Config(_Section):
     )
     idle: IdleConfig = IdleConfig()
     cost: CostConfig = CostConfig()
+    rightsize: RightsizeConfig = RightsizeConfig()
     limits: LimitsConfig = LimitsConfig()
     enforce: EnforceConfig = EnforceConfig()
     metrics: MetricsConfig = MetricsConfig()

@@ -1,4 +1,4 @@
-"""One audit cycle: discover → utilisation → price → decide, for every configured provider.
+"""One audit cycle: discover → utilisation → price → decide → right-size, for every provider.
 
 Shared by ``guardian audit``, the daemon, the demo and the benchmarks. It never acts: stopping
 is ``guardian.daemon.enforce``'s job, on the findings this returns.
@@ -15,7 +15,7 @@ import structlog
 from guardian.config import Config
 from guardian.model import Finding, GpuInstance, GpuUtilisation, InstanceMetric
 from guardian.policy import decide
-from guardian.prices import PriceCatalog, assess
+from guardian.prices import PriceCatalog, assess, rightsize
 from guardian.providers import Discovery, Provider, Unit, UnitError
 from guardian.series import sparkline_values
 
@@ -129,4 +129,21 @@ def _finding(
     decision = decide(instance, utilisation, price, config, now)
     spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
     local_disk = utilisation.newest(InstanceMetric.LOCAL_DISK_USED_MIB)
-    return Finding(instance, price, decision, spark, local_disk_used=local_disk)
+    sizing = rightsize(
+        instance,
+        utilisation,
+        price=price,
+        decision=decision,
+        catalog=catalog,
+        config=config,
+        now=now,
+    )
+    return Finding(
+        instance,
+        price,
+        decision,
+        spark,
+        recommendation=sizing.recommendation,
+        rightsize_note=sizing.note,
+        local_disk_used=local_disk,
+    )

@@ -14,16 +14,19 @@ from enum import StrEnum
 __all__ = [
     "Controller",
     "CpuEquivalent",
+    "CpuMove",
     "Decision",
     "Finding",
     "GpuInstance",
     "GpuSample",
+    "GpuSummary",
     "GpuUtilisation",
     "InstanceMetric",
     "Lifecycle",
     "ManagedBy",
     "Point",
     "PriceAssessment",
+    "Recommendation",
     "ScalingGroup",
     "Verdict",
 ]
@@ -150,6 +153,21 @@ class GpuSample:
     processes: int | None = None  # compute processes holding a GPU (agent only; None = unknown)
 
 
+@dataclass(frozen=True, slots=True)
+class GpuSummary:
+    """One GPU over the whole window, summarised while its series is reduced: the per-GPU
+    series themselves are not kept (a fleet's would not fit), only these few numbers.
+
+    ``util_p95_pct`` is None when the GPU reported no finite utilisation; ``mem_peak_mib`` when
+    it reported no memory. Neither is ever 0 for "unknown".
+    """
+
+    gpu: str  # its label: the agent's ``index``, GCP's ``gpu_number`` or ``uuid``
+    util_p95_pct: float | None
+    mem_peak_mib: float | None
+    samples: int  # utilisation samples behind the p95
+
+
 @dataclass(frozen=True)
 class GpuUtilisation:
     """The measured GPU history of one instance over the lookback, oldest sample first.
@@ -167,6 +185,9 @@ class GpuUtilisation:
     # The instance's other series over the same window, oldest first; a metric not read, or
     # with no data, has no entry.
     instance_series: Mapping[InstanceMetric, tuple[Point, ...]] = field(default_factory=dict)
+    # One summary per GPU that reported, in GPU order; empty where the source keeps none (the
+    # agent, a backtest): right-sizing then says the per-GPU need is unknown.
+    gpus: tuple[GpuSummary, ...] = ()
 
     def newest(self, metric: InstanceMetric) -> Point | None:
         """The newest point of one of the instance's series, if it has any."""
@@ -213,6 +234,37 @@ class Decision:
 
 
 @dataclass(frozen=True)
+class CpuMove:
+    """The CPU equivalent offered beside a GPU right-size when the GPU premium is not earned."""
+
+    instance_type: str
+    hourly_price: float
+    saves_usd_month: float
+
+
+@dataclass(frozen=True)
+class Recommendation:
+    """The cheaper machine that would do an instance's measured work (``prices.rightsize``).
+
+    Advice only: nothing acts on it. ``move`` is ``resize`` (a cheaper GPU type) or ``cpu`` (the
+    CPU equivalent, when the GPU does not earn its premium and no GPU type fits). ``gpus_used``
+    and ``peak_gpu_mem_mib`` are the measured need, not the candidate's shape. ``not_measured``
+    says what was kept at the current size for want of a measurement.
+    """
+
+    move: str  # resize | cpu
+    instance_type: str
+    hourly_price: float
+    saves_usd_month: float
+    gpus_used: int
+    peak_gpu_mem_mib: float | None
+    reason: str
+    not_measured: tuple[str, ...] = ()
+    window_hours: float | None = None  # the evidence: the measured span of the lookback
+    move_to_cpu: CpuMove | None = None  # also offered with a resize when the premium is not earned
+
+
+@dataclass(frozen=True)
 class Finding:
     """An instance with its price and decision: one row of the audit."""
 
@@ -223,3 +275,5 @@ class Finding:
     # The newest reading of the agent's local-disk metric (MiB used beyond empty filesystems),
     # None when not reported: the local-disk gate of enforcement reads it.
     local_disk_used: Point | None = None
+    recommendation: Recommendation | None = None
+    rightsize_note: str | None = None  # why there is no recommendation, where it is worth saying

@@ -1,13 +1,15 @@
-"""Pure helpers over GPU time series: reduce per-GPU series to per-instance samples, sparklines."""
+"""Pure helpers over GPU time series: reduce per-GPU series to per-instance samples, summarise
+each GPU (p95 utilisation, peak memory), sparklines."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 
-from guardian.model import GpuSample
+from guardian.model import GpuSample, GpuSummary
 
-__all__ = ["reduce_gpu_series", "sparkline_values"]
+__all__ = ["percentile", "reduce_gpu_series", "sparkline_values", "summarise_gpus"]
 
 Points = Sequence[tuple[datetime, float]]
 
@@ -45,6 +47,47 @@ def reduce_gpu_series(
             )
         )
     return tuple(samples)
+
+
+def percentile(values: Iterable[float], pct: float) -> float | None:
+    """The nearest-rank percentile of the finite values (a value that occurred, never an
+    interpolation between two); None when there are none."""
+    ordered = sorted(v for v in values if math.isfinite(v))
+    if not ordered:
+        return None
+    rank = max(1, math.ceil(pct / 100 * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1]
+
+
+def _gpu_order(label: str) -> tuple[int, int | str]:
+    return (0, int(label)) if label.isdigit() else (1, label)
+
+
+def summarise_gpus(
+    util_by_gpu: Mapping[str, Points],
+    mem_by_gpu: Mapping[str, Points] | None = None,
+    *,
+    util_pct: float = 95.0,
+) -> tuple[GpuSummary, ...]:
+    """Each GPU's p95 utilisation and peak memory over its whole series, in GPU order.
+
+    Computed beside ``reduce_gpu_series`` from the same per-GPU points, so that right-sizing
+    knows which GPUs worked without anyone keeping the per-GPU series.
+    """
+    memory = mem_by_gpu or {}
+    summaries = []
+    for gpu in sorted(util_by_gpu, key=_gpu_order):
+        utils = [value for _, value in util_by_gpu[gpu]]
+        mems = [value for _, value in memory.get(gpu, ()) if math.isfinite(value)]
+        summaries.append(
+            GpuSummary(
+                gpu=gpu,
+                util_p95_pct=percentile(utils, util_pct),
+                mem_peak_mib=max(mems) if mems else None,
+                samples=sum(1 for value in utils if math.isfinite(value)),
+            )
+        )
+    return tuple(summaries)
 
 
 def sparkline_values(

@@ -9,9 +9,10 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from guardian.errors import ProviderError
-from guardian.model import GpuInstance, GpuSample, GpuUtilisation, InstanceMetric, Point
+from guardian.model import GpuInstance, GpuSample, GpuSummary, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
+from guardian.series import percentile
 
 NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 
@@ -66,6 +67,14 @@ def flat_samples(
     )
 
 
+def _summaries(samples: Sequence[GpuSample], gpus: int) -> tuple[GpuSummary, ...]:
+    """Every GPU summarised as the instance's reduced series (the fake keeps no per-GPU data)."""
+    mems = [s.mem_used_mib for s in samples if s.mem_used_mib is not None]
+    p95 = percentile((s.gpu_util_pct for s in samples), 95)
+    peak = max(mems) if mems else None
+    return tuple(GpuSummary(str(i), p95, peak, len(samples)) for i in range(gpus))
+
+
 @dataclass
 class FakeProvider:
     instances: list[GpuInstance]
@@ -113,7 +122,13 @@ class FakeProvider:
             yield (
                 instance.key,
                 (
-                    GpuUtilisation(series, 60, instance.gpu_count, instance_series=extra)
+                    GpuUtilisation(
+                        series,
+                        60,
+                        instance.gpu_count,
+                        instance_series=extra,
+                        gpus=_summaries(series, instance.gpu_count),
+                    )
                     if series
                     else GpuUtilisation(error=f"no GPU metrics for {instance.instance_id}")
                 ),

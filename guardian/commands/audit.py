@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -17,7 +19,7 @@ from guardian.cycle import CycleResult, audit_cycle
 from guardian.errors import GuardianError
 from guardian.model import Verdict
 
-__all__ = ["OutputFormat", "emit", "register", "run_audit"]
+__all__ = ["OutputFormat", "audit_once", "emit", "register", "run_audit"]
 
 
 class OutputFormat(StrEnum):
@@ -69,6 +71,29 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
         print_audit(result, console, config)
 
 
+def audit_once(
+    config_path: Path | None, regions: Sequence[str], overrides: Sequence[str]
+) -> tuple[Config, CycleResult]:
+    """Load the config, audit once (only ``regions`` when given), and fail in one line when
+    nothing at all could be audited. Shared by ``audit`` and ``rightsize``."""
+    from guardian.providers.factory import restrict_regions
+
+    cfg, _path = load_config(config_path, overrides)
+    cfg = restrict_regions(cfg, regions)
+    result = run_audit(cfg)
+    if regions:
+        wanted = set(regions)
+        kept = tuple(f for f in result.findings if f.instance.region in wanted)
+        result = CycleResult(result.generated_at, kept, result.errors)
+    if result.errors and not result.findings:
+        first = result.errors[0]
+        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
+        raise GuardianError(
+            f"nothing could be audited: {first.provider} {first.region}: {first.message}{more}"
+        )
+    return cfg, result
+
+
 def audit(
     config: ConfigOption = None,
     region: Annotated[
@@ -84,21 +109,7 @@ def audit(
     overrides: SetOption = None,
 ) -> None:
     """Audit every running GPU instance once: utilisation, cost, CPU equivalent, verdict."""
-    from guardian.providers.factory import restrict_regions
-
-    cfg, _path = load_config(config, overrides or ())
-    cfg = restrict_regions(cfg, region or ())
-    result = run_audit(cfg)
-    if region:
-        wanted = set(region)
-        kept = tuple(f for f in result.findings if f.instance.region in wanted)
-        result = CycleResult(result.generated_at, kept, result.errors)
-    if result.errors and not result.findings:
-        first = result.errors[0]
-        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise GuardianError(
-            f"nothing could be audited: {first.provider} {first.region}: {first.message}{more}"
-        )
+    cfg, result = audit_once(config, region or (), overrides or ())
     emit(result, cfg, output)
     if exit_code and any(f.decision.verdict is Verdict.IDLE for f in result.findings):
         raise typer.Exit(1)

@@ -69,7 +69,9 @@ def _cloud_series(
 
     aws = config.aws.model_copy(update={"enabled": cloud == "aws"})
     gcp = config.gcp.model_copy(update={"enabled": cloud == "gcp"})
-    providers = build_providers(config.model_copy(update={"aws": aws, "gcp": gcp}))
+    providers = build_providers(
+        config.model_copy(update={"aws": aws, "gcp": gcp}), instance_series=False
+    )
     end = datetime.now(UTC)
     try:
         with status.status(f"reading {days} day(s) of GPU history…") as spinner:

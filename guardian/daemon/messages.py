@@ -26,6 +26,7 @@ __all__ = [
     "DigestSummary",
     "Line",
     "Message",
+    "Saving",
     "Severity",
     "Span",
     "Style",
@@ -41,6 +42,7 @@ __all__ = [
     "stop_failed_message",
     "stopped_message",
     "t",
+    "top_savings",
     "v",
     "warning_message",
 ]
@@ -471,6 +473,34 @@ def reconciled_message(instance_label: str, outcome: str, detail: str) -> Messag
 
 
 @dataclass(frozen=True)
+class Saving:
+    """One recommendation in the digest: which instance, from what to what, per month."""
+
+    instance_id: str
+    name: str | None
+    instance_type: str
+    suggested: str  # the recommended type; "CPU <type>" for a move to CPU
+    usd_month: float
+
+
+def top_savings(findings: Iterable[Finding], limit: int = 5) -> tuple[Saving, ...]:
+    """The ``limit`` largest recommendations of a cycle, largest saving first."""
+    savings = [
+        Saving(
+            f.instance.instance_id,
+            f.instance.name,
+            f.instance.instance_type,
+            ("CPU " if f.recommendation.move == "cpu" else "") + f.recommendation.instance_type,
+            f.recommendation.saves_usd_month,
+        )
+        for f in findings
+        if f.recommendation is not None
+    ]
+    savings.sort(key=lambda s: (-s.usd_month, s.instance_id))
+    return tuple(savings[:limit])
+
+
+@dataclass(frozen=True)
 class DigestSummary:
     day: str
     instances: int
@@ -481,6 +511,8 @@ class DigestSummary:
     top_wasters: tuple[tuple[str, str | None, str | None, float], ...]  # id, name, owner, $
     actions: Mapping[str, int]
     notification_failures: int
+    # The latest cycle's largest right-sizing savings (``top_savings``), largest first.
+    top_savings: tuple[Saving, ...] = ()
 
 
 def digest_message(summary: DigestSummary) -> Message:
@@ -504,6 +536,28 @@ def digest_message(summary: DigestSummary) -> Message:
             who: Line = (v(name), t(" ("), v(instance_id), t(")")) if name else (v(instance_id),)
             owner_part: Line = (t(", owner "), v(owner)) if owner else ()
             lines.append((t(f"{rank}. "), *who, *owner_part, t(f" — {_money(usd)}")))
+    if s.top_savings:
+        total = sum(saving.usd_month for saving in s.top_savings)
+        lines.append(
+            (b("Right-sizing"), t(f" (advice, top {len(s.top_savings)}: {_money(total)}/month):"))
+        )
+        for rank, saving in enumerate(s.top_savings, 1):
+            label: Line = (
+                (v(saving.name), t(" ("), v(saving.instance_id), t(")"))
+                if saving.name
+                else (v(saving.instance_id),)
+            )
+            lines.append(
+                (
+                    t(f"{rank}. "),
+                    *label,
+                    t(" "),
+                    v(saving.instance_type),
+                    t(" → "),
+                    v(saving.suggested),
+                    t(f" saves {_money(saving.usd_month)}/month"),
+                )
+            )
     acted = ", ".join(f"{k} {n}" for k, n in sorted(s.actions.items()) if n) or "none"
     lines.append((b("Actions: "), t(acted)))
     if s.notification_failures:

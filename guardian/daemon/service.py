@@ -13,6 +13,7 @@ a heartbeat while cycles stay healthy), ``STATUS=`` with a one-line summary.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import queue
@@ -34,7 +35,7 @@ from guardian.cycle import CycleResult
 from guardian.daemon import sdnotify
 from guardian.daemon.coordination import DIGEST_LOCK, coordinator_for
 from guardian.daemon.enforce import Enforcer, EnforceSummary
-from guardian.daemon.messages import digest_message
+from guardian.daemon.messages import Saving, digest_message, top_savings
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
 from guardian.daemon.shared_files import PriceCacheSync
@@ -192,6 +193,9 @@ class Daemon:
         self._signals: queue.Queue[int] = queue.Queue()
         self._scheduler: BlockingScheduler | None = None
         self._last_healthy = time.monotonic()
+        # The latest cycle's largest right-sizing savings, for the digest: re-derived by every
+        # cycle, so memory is the place (a restart's first cycle fills it again).
+        self._savings: tuple[Saving, ...] = ()
 
     @property
     def config(self) -> Config:
@@ -226,6 +230,7 @@ class Daemon:
             config, runtime.providers, runtime.enforcer, catalog, cycle_id
         )
         result, summary = done.result, done.enforcement
+        self._savings = top_savings(result.findings)
         duration = time.monotonic() - started
         t = totals(result.findings)
         with self.store.transaction() as tx:
@@ -282,6 +287,7 @@ class Daemon:
         with structlog.contextvars.bound_contextvars(job="digest"):
             with self.store.reader() as tx:
                 summary = digest_summary(tx, now, config.poll_interval)
+            summary = dataclasses.replace(summary, top_savings=self._savings)
             with self.store.transaction() as tx:
                 if (
                     self.store.is_postgres

@@ -14,6 +14,7 @@ from typing import Literal
 from guardian.model import CpuEquivalent, GpuInstance, PriceAssessment
 
 __all__ = [
+    "GpuModel",
     "PriceCatalog",
     "RuleOfThumb",
     "TypePrice",
@@ -39,6 +40,17 @@ class TypePrice:
 
 
 @dataclass(frozen=True)
+class GpuModel:
+    """One GPU model's throughput from its datasheet (``data/gpu-models.json``)."""
+
+    name: str
+    fp16_dense_tflops: float
+    memory_bandwidth_gbs: float
+    compute_capability: float  # NVIDIA's; the major version is the architecture generation
+    source: str
+
+
+@dataclass(frozen=True)
 class PriceCatalog:
     """provider → region → type → TypePrice, plus GCP per-GPU attachment prices."""
 
@@ -49,9 +61,15 @@ class PriceCatalog:
     # provider → region → type → source, where an entry came from elsewhere than ``source``
     # (a refreshed cache overrides the embedded catalog type by type).
     type_sources: Mapping[str, Mapping[str, Mapping[str, str]]] = field(default_factory=dict)
+    # GPU model alias (lower case, e.g. "nvidia a10g", "nvidia-l4") → throughput, for moves
+    # between models; a model not in it is only ever compared with itself.
+    gpu_models: Mapping[str, GpuModel] = field(default_factory=dict)
 
     def lookup(self, provider: str, region: str, instance_type: str) -> TypePrice | None:
         return self.types.get(provider, {}).get(region, {}).get(instance_type)
+
+    def gpu_model(self, name: str | None) -> GpuModel | None:
+        return self.gpu_models.get(name.lower()) if name else None
 
     def source_of(self, provider: str, region: str, instance_type: str) -> str | None:
         """Where this one price came from: the entry's own source, else the provider's."""

@@ -57,6 +57,7 @@ from typing import Any
 import structlog
 
 from guardian.prices.assessment import PriceCatalog, TypePrice
+from guardian.prices.gpu_models import load_gpu_models
 
 __all__ = [
     "CACHE_FILENAME",
@@ -336,7 +337,7 @@ def merge(cache: PriceCache) -> PriceCatalog:
             region_sources[name] = block.label
         if block.accelerators:
             accelerators.setdefault(provider, {}).setdefault(region, {}).update(block.accelerators)
-    return PriceCatalog(types, accelerators, source, type_sources)
+    return PriceCatalog(types, accelerators, source, type_sources, load_gpu_models())
 
 
 def _signature(path: Path) -> tuple[int, int, int] | None:

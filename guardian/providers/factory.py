@@ -1,4 +1,8 @@
-"""Build the configured providers. The cloud SDKs are imported here, only when enabled."""
+"""Build the configured providers. The cloud SDKs are imported here, only when enabled.
+
+Each cloud's per-instance series (read beside the GPUs' in the same batched calls) are listed in
+one function per cloud, ``aws_instance_series`` and ``gcp_instance_series``: add a series there.
+"""
 
 from __future__ import annotations
 
@@ -22,20 +26,30 @@ __all__ = [
 ]
 
 _MIB = 1024 * 1024
+# Host series are read as the maximum over 5 minutes: AWS/EC2 basic monitoring stores one
+# datapoint per 5 minutes anyway, a peak within them survives the Maximum, and a 5-minute query
+# weighs a fifth of a 1-minute one in GetMetricData's datapoint budget per call.
+HOST_PERIOD_S = 300
 
 
 def aws_instance_series(config: Config) -> tuple[InstanceSeriesSpec, ...]:
-    """The per-instance series the daemon reads beside the GPUs' on AWS, from config: one entry
-    per signal; one that is switched off ("") or that nothing would use is not read (each
-    listed one costs a ListMetrics per region and cycle)."""
+    """The per-instance series the AWS provider packs into its GetMetricData calls, from
+    config; one that is switched off, or that nothing would use, is not read (each listed one
+    costs a ListMetrics per region and cycle):
+
+    - the agent's notebook signal (``idle.window_notebook``) and local-disk use (read when
+      ``enforce.local_disks: stop-if-unused``), in the agent's namespace, listed;
+    - host CPU: ``AWS/EC2 CPUUtilization``, every instance has it with exactly {InstanceId}, so
+      it is queried without a listing; host memory: the CloudWatch agent's
+      ``mem_used_percent``, listed (append_dimensions vary). Not with
+      ``rightsize.host_metrics: false``.
+    """
     from guardian.providers.aws.metrics import NOTEBOOK_IDLE_METRIC, InstanceSeriesSpec
 
     metrics = config.aws.metrics
     specs: list[InstanceSeriesSpec] = []
     if config.idle.window_notebook:
-        # `guardian agent`: seconds since the GPU-holding notebook kernels' last activity, only
-        # while no browser is connected. Its Minimum: a minute in which a cell ran counts as
-        # that reset.
+        # Its Minimum: a minute in which a cell ran counts as that reset.
         specs.append(
             InstanceSeriesSpec(
                 InstanceMetric.NOTEBOOK_IDLE_S,
@@ -45,19 +59,41 @@ def aws_instance_series(config: Config) -> tuple[InstanceSeriesSpec, ...]:
             )
         )
     if metrics.local_disk_used and config.enforce.local_disks == "stop-if-unused":
-        # `guardian agent`: instance store used beyond empty filesystems, Unit Megabytes (MiB),
-        # dimensions exactly InstanceId; only agents on machines with local disks send it.
+        # Instance store used beyond empty filesystems, Unit Megabytes (MiB), dimensions
+        # exactly InstanceId; only agents on machines with local disks send it.
         specs.append(
             InstanceSeriesSpec(
                 InstanceMetric.LOCAL_DISK_USED_MIB, metrics.namespace, metrics.local_disk_used
+            )
+        )
+    if config.rightsize.host_metrics:
+        period = max(HOST_PERIOD_S, metrics.period)
+        specs.append(
+            InstanceSeriesSpec(
+                InstanceMetric.HOST_CPU_PCT,
+                "AWS/EC2",
+                "CPUUtilization",
+                listed=False,
+                period_s=period,
+            )
+        )
+        specs.append(
+            InstanceSeriesSpec(
+                InstanceMetric.HOST_MEM_PCT,
+                metrics.namespace,
+                "mem_used_percent",
+                listed=True,
+                period_s=period,
             )
         )
     return tuple(specs)
 
 
 def gcp_instance_series(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
-    """The per-instance series the daemon reads beside the GPUs' on GCP, from config: one more
-    ListTimeSeries per project and signal, so one that is off or unused is not read."""
+    """The per-instance series the GCP provider reads with one query per project each, from
+    config (the same signals as on AWS): the agent's notebook signal and local-SSD use (bytes),
+    host CPU (``compute.googleapis.com/instance/cpu/utilization``, a fraction: scale 100) and
+    the Ops Agent's ``memory/percent_used`` (``state = used`` only)."""
     from guardian.providers.gcp.metrics import NOTEBOOK_IDLE_METRIC_TYPE, GcpInstanceSeriesSpec
 
     metrics = config.gcp.metrics
@@ -67,10 +103,27 @@ def gcp_instance_series(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
             GcpInstanceSeriesSpec(InstanceMetric.NOTEBOOK_IDLE_S, NOTEBOOK_IDLE_METRIC_TYPE)
         )
     if metrics.local_disk_used and config.enforce.local_disks == "stop-if-unused":
-        # `guardian agent`: local SSD used beyond empty filesystems, in bytes.
         specs.append(
             GcpInstanceSeriesSpec(
                 InstanceMetric.LOCAL_DISK_USED_MIB, metrics.local_disk_used, 1 / _MIB
+            )
+        )
+    if config.rightsize.host_metrics:
+        period = max(HOST_PERIOD_S, metrics.period)
+        specs.append(
+            GcpInstanceSeriesSpec(
+                InstanceMetric.HOST_CPU_PCT,
+                "compute.googleapis.com/instance/cpu/utilization",
+                100.0,
+                period_s=period,
+            )
+        )
+        specs.append(
+            GcpInstanceSeriesSpec(
+                InstanceMetric.HOST_MEM_PCT,
+                "agent.googleapis.com/memory/percent_used",
+                labels=(("state", "used"),),
+                period_s=period,
             )
         )
     return tuple(specs)
@@ -84,13 +137,15 @@ def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
     return config.model_copy(update={"aws": aws})
 
 
-def build_providers(config: Config) -> list[Provider]:
-    """The enabled providers, each reading the per-instance series the config asks for."""
+def build_providers(config: Config, *, instance_series: bool = True) -> list[Provider]:
+    """The enabled providers, each reading the per-instance series the config asks for;
+    ``instance_series=False`` reads the GPUs' series only (a backtest's history needs nothing
+    else)."""
     providers: list[Provider] = []
-    if config.aws.enabled:
-        providers.append(build_provider(config, "aws"))
-    if config.gcp.enabled:
-        providers.append(build_provider(config, "gcp"))
+    for cloud, enabled in (("aws", config.aws.enabled), ("gcp", config.gcp.enabled)):
+        if enabled:
+            options: dict[str, Any] = {} if instance_series else {"instance_series": ()}
+            providers.append(build_provider(config, cloud, **options))
     return providers
 
 

@@ -16,12 +16,13 @@ from typing import Any
 
 from guardian.config import Config
 from guardian.cycle import CycleResult
-from guardian.model import Finding, Verdict
+from guardian.model import Finding, Recommendation, Verdict
 from guardian.policy import Plan, enforce_plan
 
 __all__ = [
     "CSV_COLUMNS",
     "HOURS_PER_MONTH",
+    "RECOMMENDATION_COLUMNS",
     "EnforceReach",
     "Totals",
     "enforce_reach",
@@ -29,6 +30,9 @@ __all__ = [
     "finding_reasons",
     "findings_csv",
     "findings_json",
+    "iso",
+    "recommendation_cells",
+    "recommendation_json",
     "totals",
 ]
 
@@ -43,6 +47,8 @@ class Totals:
     projected_monthly_waste_usd: float
     by_verdict: dict[str, int]
     unpriced: int  # instances whose price is unknown: not in the sums
+    rightsizing_saves_usd_month: float = 0.0  # every recommendation taken, at list prices
+    recommendations: int = 0
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -51,10 +57,11 @@ class Totals:
             "idle_burn_usd_per_hour": self.idle_burn_usd_per_hour,
             "projected_monthly_waste_usd": self.projected_monthly_waste_usd,
             "by_verdict": self.by_verdict,
+            "rightsizing_saves_usd_month": self.rightsizing_saves_usd_month,  # extension
         }
 
 
-def _iso(moment: datetime) -> str:
+def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
@@ -68,6 +75,7 @@ def totals(findings: Sequence[Finding]) -> Totals:
     ]
     counts = Counter(f.decision.verdict.value for f in findings)
     idle_burn = round(sum(idle), 2)
+    sized = [f.recommendation for f in findings if f.recommendation is not None]
     return Totals(
         instances=len(findings),
         hourly_burn_usd=round(sum(p for p in prices if p is not None), 2),
@@ -75,6 +83,8 @@ def totals(findings: Sequence[Finding]) -> Totals:
         projected_monthly_waste_usd=round(idle_burn * HOURS_PER_MONTH, 2),
         by_verdict={v.value: counts.get(v.value, 0) for v in Verdict},
         unpriced=sum(1 for p in prices if p is None),
+        rightsizing_saves_usd_month=round(sum(r.saves_usd_month for r in sized), 2),
+        recommendations=len(sized),
     )
 
 
@@ -137,6 +147,34 @@ def finding_reasons(finding: Finding) -> list[str]:
     return reasons
 
 
+def recommendation_json(recommendation: Recommendation | None) -> dict[str, Any] | None:
+    """The contract's ``recommendation`` object; ``move``, ``not_measured``, ``window_hours``
+    and ``move_to_cpu`` extend it."""
+    if recommendation is None:
+        return None
+    cpu = recommendation.move_to_cpu
+    return {
+        "instance_type": recommendation.instance_type,
+        "hourly_price": recommendation.hourly_price,
+        "saves_usd_month": recommendation.saves_usd_month,
+        "gpus_used": recommendation.gpus_used,
+        "peak_gpu_mem_mib": recommendation.peak_gpu_mem_mib,
+        "reason": recommendation.reason,
+        "move": recommendation.move,
+        "not_measured": list(recommendation.not_measured),
+        "window_hours": recommendation.window_hours,
+        "move_to_cpu": (
+            {
+                "instance_type": cpu.instance_type,
+                "hourly_price": cpu.hourly_price,
+                "saves_usd_month": cpu.saves_usd_month,
+            }
+            if cpu
+            else None
+        ),
+    }
+
+
 def finding_json(finding: Finding, plan: Plan | None = None) -> dict[str, Any]:
     """One finding as the contract has it; ``plan`` is what enforcement would do with it."""
     inst, price, decision = finding.instance, finding.price, finding.decision
@@ -152,7 +190,7 @@ def finding_json(finding: Finding, plan: Plan | None = None) -> dict[str, Any]:
         "instance_type": inst.instance_type,
         "gpu_count": inst.gpu_count,
         "gpu_model": inst.gpu_model,
-        "launch_time": _iso(inst.launch_time),
+        "launch_time": iso(inst.launch_time),
         "lifecycle": inst.lifecycle.value,
         "owner": inst.owner,
         "tags": dict(inst.tags),
@@ -186,12 +224,16 @@ def finding_json(finding: Finding, plan: Plan | None = None) -> dict[str, Any]:
         # null when it is not idle. "enforce_reason" says why it is alert-only.
         "enforce": plan.label if plan is not None else None,
         "enforce_reason": plan.block.detail if plan is not None and plan.block else None,
+        "recommendation": recommendation_json(finding.recommendation),
+        "rightsize_note": finding.rightsize_note,  # extension: why there is no recommendation
     }
 
 
 def effective_thresholds(config: Config) -> dict[str, Any]:
     """The part of the config that decided the verdicts, as the JSON output's ``config``."""
-    data = config.model_dump(mode="json", include={"mode", "dry_run", "idle", "cost", "limits"})
+    data = config.model_dump(
+        mode="json", include={"mode", "dry_run", "idle", "cost", "rightsize", "limits"}
+    )
     data["metrics"] = {
         "aws": config.aws.metrics.model_dump(mode="json"),
         "gcp": config.gcp.metrics.model_dump(mode="json"),
@@ -203,7 +245,7 @@ def findings_json(result: CycleResult, config: Config) -> dict[str, Any]:
     """The ``guardian audit --format json`` document. ``errors`` extends the contract."""
     plans = enforce_plans(result, config)
     return {
-        "generated_at": _iso(result.generated_at),
+        "generated_at": iso(result.generated_at),
         "config": effective_thresholds(config),
         "findings": [finding_json(f, plan) for f, plan in zip(result.findings, plans, strict=True)],
         "totals": {
@@ -222,6 +264,18 @@ def findings_json(result: CycleResult, config: Config) -> dict[str, Any]:
         ],
     }
 
+
+# The recommendation's fields, flattened: ``recommendation_<field>``; empty when there is none.
+RECOMMENDATION_FIELDS = (
+    "instance_type",
+    "hourly_price",
+    "saves_usd_month",
+    "gpus_used",
+    "peak_gpu_mem_mib",
+    "reason",
+    "move",
+)
+RECOMMENDATION_COLUMNS = tuple(f"recommendation_{name}" for name in RECOMMENDATION_FIELDS)
 
 CSV_COLUMNS = (
     "provider",
@@ -256,7 +310,16 @@ CSV_COLUMNS = (
     "local_disk_used_mib",
     "enforce",
     "reasons",
+    *RECOMMENDATION_COLUMNS,
+    "rightsize_note",
 )
+
+
+def recommendation_cells(recommendation: dict[str, Any] | None) -> dict[str, Any]:
+    """A recommendation's JSON as the ``recommendation_*`` CSV cells (None when there is none)."""
+    return {
+        f"recommendation_{name}": (recommendation or {}).get(name) for name in RECOMMENDATION_FIELDS
+    }
 
 
 def findings_csv(result: CycleResult, config: Config | None = None) -> str:
@@ -273,5 +336,6 @@ def findings_csv(result: CycleResult, config: Config | None = None) -> str:
         row["cpu_equivalent_type"] = row["cpu_equivalent"]["instance_type"]
         row["cpu_equivalent_hourly_price"] = row["cpu_equivalent"]["hourly_price"]
         row["reasons"] = "; ".join(row["reasons"])
+        row.update(recommendation_cells(row["recommendation"]))
         writer.writerow({k: "" if v is None else v for k, v in row.items()})
     return out.getvalue()

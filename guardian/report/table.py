@@ -11,11 +11,11 @@ from rich.text import Text
 
 from guardian.config import Config
 from guardian.cycle import CycleResult
-from guardian.model import Finding, GpuInstance, Verdict
+from guardian.model import Finding, GpuInstance, Recommendation, Verdict
 from guardian.policy import Plan, controller_label
 from guardian.report.document import enforce_plans, enforce_reach, finding_reasons, totals
 
-__all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline"]
+__all__ = ["VERDICT_STYLE", "audit_table", "print_audit", "sparkline", "suggestion"]
 
 VERDICT_STYLE = {
     Verdict.IDLE: "bold red",
@@ -91,7 +91,18 @@ def _row(finding: Finding) -> list[str | Text]:
         _num(price.premium, "{:.1f}×"),
         _num(decision.required_speedup, "{:.1f}×"),
         _money(decision.wasted_usd),
+        suggestion(finding.recommendation),
     ]
+
+
+def suggestion(recommendation: Recommendation | None) -> str:
+    """The Suggest cell: the cheaper type and what it saves a month; — when there is none."""
+    if recommendation is None:
+        return "—"
+    prefix = "CPU " if recommendation.move == "cpu" else ""
+    return (
+        f"{prefix}{recommendation.instance_type}\n−{_money(recommendation.saves_usd_month, 0)}/mo"
+    )
 
 
 _COLUMNS = (
@@ -107,6 +118,7 @@ _COLUMNS = (
     ("Premium", "right"),
     ("Needs", "right"),
     ("Wasted", "right"),
+    ("Suggest", "left"),
 )
 
 
@@ -145,11 +157,34 @@ def totals_line(result: CycleResult) -> str:
     total = totals(result.findings)
     counts = ", ".join(f"{n} {verdict}" for verdict, n in total.by_verdict.items() if n)
     unpriced = f" ({total.unpriced} unpriced, not in the sums)" if total.unpriced else ""
-    return (
+    line = (
         f"{total.instances} GPU instances{unpriced} · burn {_money(total.hourly_burn_usd)}/h · "
         f"idle burn {_money(total.idle_burn_usd_per_hour)}/h · projected monthly waste "
         f"{_money(total.projected_monthly_waste_usd, 0)} · {counts or 'nothing found'}"
     )
+    if total.recommendations:
+        line += f" · right-sizing would save {_money(total.rightsizing_saves_usd_month, 0)}/month"
+    return line
+
+
+def suggest_lines(result: CycleResult) -> list[Text]:
+    """Each recommendation's reason, largest saving first."""
+    sized = [f for f in result.findings if f.recommendation is not None]
+    sized.sort(key=lambda f: -(f.recommendation.saves_usd_month if f.recommendation else 0.0))
+    lines = []
+    for finding in sized:
+        assert finding.recommendation is not None
+        label = finding.instance.name or finding.instance.instance_id
+        line = Text(f"{label}: ", style="bold")
+        rec = finding.recommendation
+        line.append(suggestion(rec).replace("\n", " "))
+        if rec.move_to_cpu:
+            cpu = rec.move_to_cpu
+            line.append(f" (or CPU {cpu.instance_type} −{_money(cpu.saves_usd_month, 0)}/mo)")
+        line.append(" — ")
+        line.append(finding.recommendation.reason)
+        lines.append(line)
+    return lines
 
 
 def enforce_line(result: CycleResult, config: Config) -> str | None:
@@ -170,6 +205,12 @@ def print_audit(result: CycleResult, console: Console, config: Config | None = N
         console.print()
         console.print("Why", style="bold")
         for line in lines:
+            console.print(line)
+    suggestions = suggest_lines(result)
+    if suggestions:
+        console.print()
+        console.print("Suggest (advice only: nothing is changed)", style="bold")
+        for line in suggestions:
             console.print(line)
     console.print(
         "Needs = how many times faster than its CPU equivalent the GPU must be at its measured "

@@ -14,6 +14,9 @@ What is simulated
   ModifyInstanceAttribute stores whatever attribute it is given, so ``backdate_launch`` sets
   ``launchTime`` over the wire. That works against an in-process or a separate moto server and
   needs no freezegun; real EC2 rejects the attribute.
+- **Host series** beside them: ``AWS/EC2 CPUUtilization`` with exactly {InstanceId} at 5 minutes
+  (basic monitoring), and the agent's ``mem_used_percent`` (its ``mem`` plugin) in ``CWAgent``
+  with the same ``host`` dimension as its GPU series (``host_datums``).
 - **CloudWatch agent GPU metrics** in the agent's own schema: namespace ``CWAgent``, metrics
   ``nvidia_smi_utilization_gpu`` (Percent) and ``nvidia_smi_memory_used`` (Megabytes — in fact
   MiB), one series per GPU with the dimensions ``InstanceId``, ``host``, ``index``, ``name``
@@ -56,6 +59,9 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AGENT_NAMESPACE",
+    "EC2_NAMESPACE",
+    "HOST_CPU_METRIC",
+    "HOST_MEM_METRIC",
     "MAX_DATUMS_PER_CALL",
     "MEM_METRIC",
     "UTIL_METRIC",
@@ -65,6 +71,7 @@ __all__ = [
     "constant",
     "fake_aws_env",
     "gpu_datums",
+    "host_datums",
     "image_id",
     "launch_autoscaling_group",
     "launch_gpu_instances",
@@ -79,6 +86,9 @@ __all__ = [
 AGENT_NAMESPACE = "CWAgent"
 UTIL_METRIC = "nvidia_smi_utilization_gpu"
 MEM_METRIC = "nvidia_smi_memory_used"
+EC2_NAMESPACE = "AWS/EC2"
+HOST_CPU_METRIC = "CPUUtilization"  # AWS/EC2, exactly {InstanceId}
+HOST_MEM_METRIC = "mem_used_percent"  # CWAgent, the agent's mem plugin
 MAX_DATUMS_PER_CALL = 1000  # PutMetricData's limit per request
 SIM_IMAGE_NAME = "guardian-sim-gpu"
 
@@ -291,6 +301,40 @@ def _per_gpu(
     return dict.fromkeys(range(gpus), samples)
 
 
+def _host_name(instance_id: str) -> str:
+    return f"ip-10-0-{zlib.crc32(instance_id.encode()) % 256}-1.ec2.internal"
+
+
+def host_datums(
+    instance_id: str,
+    metric: str,
+    values: Sequence[float],
+    now: datetime,
+    *,
+    period_s: int = 300,
+) -> list[dict[str, Any]]:
+    """A host series ending at ``now`` (floored to the period), one value per period, oldest
+    first: ``CPUUtilization`` with exactly {InstanceId} as EC2 publishes it, or the agent's
+    ``mem_used_percent`` with its ``host`` dimension too. Put them in their namespaces
+    (``EC2_NAMESPACE``, ``AGENT_NAMESPACE``)."""
+    end = now.astimezone(UTC).replace(microsecond=0)
+    end -= timedelta(seconds=int(end.timestamp()) % period_s)
+    dims = [{"Name": "InstanceId", "Value": instance_id}]
+    if metric != HOST_CPU_METRIC:
+        dims.append({"Name": "host", "Value": _host_name(instance_id)})
+    count = len(values)
+    return [
+        {
+            "MetricName": metric,
+            "Dimensions": dims,
+            "Timestamp": end - timedelta(seconds=period_s * (count - 1 - position)),
+            "Value": float(value),
+            "Unit": "Percent",
+        }
+        for position, value in enumerate(values)
+    ]
+
+
 def gpu_datums(
     instance_id: str,
     gpus: int,
@@ -309,7 +353,7 @@ def gpu_datums(
     trace per GPU index."""
     end = now.astimezone(UTC).replace(microsecond=0)
     end -= timedelta(seconds=int(end.timestamp()) % period_s)
-    host_name = host or f"ip-10-0-{zlib.crc32(instance_id.encode()) % 256}-1.ec2.internal"
+    host_name = host or _host_name(instance_id)
     datums: list[dict[str, Any]] = []
     for index, readings in sorted(_per_gpu(gpus, samples).items()):
         dims = [
@@ -406,10 +450,12 @@ def put_gpu_metrics(
 
 @dataclass(frozen=True)
 class SimInstance:
-    """One kind of instance in a seeded fleet. ``samples=None``: no agent, so no metrics."""
+    """One kind of instance in a seeded fleet. ``samples=None``: no agent, so no metrics; one
+    trace for every GPU, or one per GPU index. ``host_cpu_pct`` (one value per 5 minutes, as
+    basic monitoring) and ``host_mem_pct`` (per minute, as the agent) end at ``now``."""
 
     instance_type: str
-    samples: Sequence[Reading] | None
+    samples: Sequence[Reading] | Mapping[int, Sequence[Reading]] | None
     count: int = 1
     tags: Mapping[str, str] = field(default_factory=dict)
     spot: SpotKind | None = None
@@ -420,6 +466,8 @@ class SimInstance:
     local_disk_used_mib: float | None = None
     reservation: str | None = None
     disable_api_stop: bool = False
+    host_cpu_pct: Sequence[float] | None = None
+    host_mem_pct: Sequence[float] | None = None
 
 
 def seed_fleet(
@@ -452,6 +500,7 @@ def seed_fleet(
         )
     launched: list[tuple[str, SimInstance]] = []
     datums: list[dict[str, Any]] = []
+    ec2_datums: list[dict[str, Any]] = []
     for spec in fleet:
         ids = launch_gpu_instances(
             ec2,
@@ -478,8 +527,17 @@ def seed_fleet(
                     Attribute="capacityReservationId",  # type: ignore[arg-type]
                     Value=spec.reservation,
                 )
+            if spec.host_cpu_pct is not None:
+                ec2_datums += host_datums(instance_id, HOST_CPU_METRIC, spec.host_cpu_pct, now)
+            if spec.host_mem_pct is not None:
+                datums += host_datums(
+                    instance_id, HOST_MEM_METRIC, spec.host_mem_pct, now, period_s=60
+                )
     if in_process:
-        moto_speedups.put_in_process(cloudwatch.meta.region_name, datums, AGENT_NAMESPACE)
+        region = cloudwatch.meta.region_name
+        moto_speedups.put_in_process(region, datums, AGENT_NAMESPACE)
+        moto_speedups.put_in_process(region, ec2_datums, EC2_NAMESPACE)
     else:
         put_datums(cloudwatch, datums)
+        put_datums(cloudwatch, ec2_datums, EC2_NAMESPACE)
     return launched

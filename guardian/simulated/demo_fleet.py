@@ -47,10 +47,16 @@ def _notebook(rng: random.Random, minutes: int) -> list[Reading]:
     return readings[-minutes:]
 
 
+def _host(rng: random.Random, low: float, high: float, points: int) -> list[float]:
+    """A host series (CPU or memory percent) that stays between ``low`` and ``high``."""
+    return [round(rng.uniform(low, high), 1) for _ in range(points)]
+
+
 def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
-    """Region → instances: every verdict, a spot instance, one without the GPU agent, and the
+    """Region → instances: every verdict, a spot instance, one without the GPU agent, the
     owners enforcement must leave alone: an EKS node, reserved capacity, local disks with data
-    or not reported (the Auto Scaling group is ``DEMO_GROUP``, launched by the group itself)."""
+    or not reported (the Auto Scaling group is ``DEMO_GROUP``, launched by the group itself),
+    and right-sizing's cases (one GPU of four working, with and without host metrics)."""
     rng = random.Random(seed)
     h = HISTORY_MINUTES
 
@@ -147,11 +153,20 @@ def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
             ),
         ],
         "eu-west-1": [
+            # A single-GPU job on a four-GPU box, with the host's CPU and memory measured: busy,
+            # and right-sizing names the one-GPU type its measured need fits.
             SimInstance(
                 "g5.12xlarge",
-                _training(rng, h, 14_000.0),
+                {
+                    0: _training(rng, h, 14_000.0),
+                    1: constant(0.0, 0.0, h),
+                    2: constant(0.0, 0.0, h),
+                    3: constant(0.0, 0.0, h),
+                },
                 tags=tags("cv-train-eu", "vision"),
                 age=timedelta(days=1),
+                host_cpu_pct=_host(rng, 6, 12, h // 5),
+                host_mem_pct=_host(rng, 9, 12, h),
             ),
             # Paused 25 minutes ago holding memory (a checkpoint, a stall): not idle yet.
             SimInstance(

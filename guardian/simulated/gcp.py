@@ -9,6 +9,10 @@ free), one series per GPU labelled ``gpu_number``, ``uuid`` and ``model``.
 GPU readings are functions of time sampled every minute up to the moment they are asked for,
 so a demo daemon that runs for an hour keeps seeing fresh, consistent metrics.
 
+Host series beside them (``host_series``): Compute Engine's own
+``compute.googleapis.com/instance/cpu/utilization`` (a fraction, every VM has it) and the Ops
+Agent's ``agent.googleapis.com/memory/percent_used`` (one series per ``state``).
+
 ``start_demo_gcp()`` seeds a believable ML team's project; its ``gcp_config()`` is a ready
 ``GcpConfig`` (anonymous credentials, plaintext local endpoints).
 """
@@ -33,11 +37,14 @@ from guardian.simulated.gcp_monitoring_fake import (
 
 __all__ = [
     "DEMO_PROJECT",
+    "GCE_CPU",
+    "OPS_AGENT_HOST_MEMORY",
     "OPS_AGENT_MEMORY",
     "OPS_AGENT_UTIL",
     "GpuTrace",
     "SimulatedGcp",
     "demo_project",
+    "host_series",
     "ops_agent_series",
     "sampled",
     "start_demo_gcp",
@@ -47,6 +54,8 @@ __all__ = [
 DEMO_PROJECT = "acme-ml-research"
 OPS_AGENT_UTIL = "agent.googleapis.com/gpu/utilization"
 OPS_AGENT_MEMORY = "agent.googleapis.com/gpu/memory/bytes_used"
+GCE_CPU = "compute.googleapis.com/instance/cpu/utilization"
+OPS_AGENT_HOST_MEMORY = "agent.googleapis.com/memory/percent_used"
 _MIB = 1024 * 1024
 _GPU_MEMORY_MIB = {
     "nvidia-tesla-a100": 40_960,
@@ -138,6 +147,47 @@ def ops_agent_series(project: str, vm: FakeVm, traces: Sequence[GpuTrace]) -> li
     return series
 
 
+def host_series(
+    project: str,
+    vm: FakeVm,
+    cpu_fraction: PointSource | None = None,
+    mem_used_pct: PointSource | None = None,
+) -> list[FakeTimeSeries]:
+    """A VM's host series in their schemas: CPU utilisation as a fraction of its vCPUs, and the
+    Ops Agent's memory percent split by ``state`` (used, and the rest as free)."""
+    resource = {"project_id": project, "instance_id": str(vm.instance_id), "zone": vm.zone}
+    series: list[FakeTimeSeries] = []
+    if cpu_fraction is not None:
+        series.append(
+            FakeTimeSeries(
+                project,
+                GCE_CPU,
+                resource,
+                {"instance_name": vm.name},
+                cpu_fraction,
+                "DOUBLE",
+                "10^2.%",
+            )
+        )
+    if mem_used_pct is not None:
+        for state, source in (
+            ("used", mem_used_pct),
+            ("free", _scaled(_free(mem_used_pct, 100.0), 1 / _MIB)),  # 100 - used, in %
+        ):
+            series.append(
+                FakeTimeSeries(
+                    project,
+                    OPS_AGENT_HOST_MEMORY,
+                    resource,
+                    {"state": state},
+                    source,
+                    "DOUBLE",
+                    "%",
+                )
+            )
+    return series
+
+
 @dataclass
 class SimulatedGcp:
     """The running fakes of one simulated project.
@@ -186,7 +236,10 @@ class SimulatedGcp:
 
 
 def _start(
-    project: str, vms: Sequence[FakeVm], metrics: Mapping[str, Sequence[GpuTrace]]
+    project: str,
+    vms: Sequence[FakeVm],
+    metrics: Mapping[str, Sequence[GpuTrace]],
+    extra: Callable[[str, Sequence[FakeVm]], list[FakeTimeSeries]] | None = None,
 ) -> SimulatedGcp:
     unknown = set(metrics) - {vm.name for vm in vms}
     if unknown:
@@ -196,6 +249,8 @@ def _start(
     monitoring_state = FakeMonitoringState()
     for vm in vms:
         monitoring_state.series.extend(ops_agent_series(project, vm, metrics.get(vm.name, ())))
+    if extra is not None:  # after add(): the VMs have their instance ids now
+        monitoring_state.series.extend(extra(project, vms))
     compute = FakeComputeServer(compute_state).start()
     monitoring = FakeMonitoringServer(monitoring_state).start()
     billing = FakeBillingServer().start()
@@ -217,7 +272,7 @@ def start_simulated_gcp(
     """
     if vms is None:
         demo_vms, demo_metrics = demo_project(now or datetime.now(UTC))
-        return _start(project, demo_vms, demo_metrics)
+        return _start(project, demo_vms, demo_metrics, _demo_host_series)
     return _start(project, vms, metrics or {})
 
 
@@ -364,6 +419,17 @@ def demo_project(now: datetime) -> tuple[list[FakeVm], dict[str, list[GpuTrace]]
         ],
     }
     return vms, metrics
+
+
+def _demo_host_series(project: str, vms: Sequence[FakeVm]) -> list[FakeTimeSeries]:
+    """serve-l4's host is measured, and mostly idle: right-sizing can name a smaller G2."""
+    serve = next(vm for vm in vms if vm.name == "serve-l4")
+    return host_series(
+        project,
+        serve,
+        cpu_fraction=sampled(_steady(0.12, 0.22, "serve-cpu")),
+        mem_used_pct=sampled(_steady(24, 30, "serve-mem-host")),
+    )
 
 
 def start_demo_gcp(now: datetime | None = None, project: str = DEMO_PROJECT) -> SimulatedGcp:

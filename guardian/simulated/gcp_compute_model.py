@@ -51,6 +51,7 @@ DEFAULT_MACHINE_TYPES: tuple[FakeMachineType, ...] = (
     _mt("n2-standard-8", 8, 32),
     _mt("a2-highgpu-1g", 12, 85, (("nvidia-tesla-a100", 1),)),
     _mt("a2-highgpu-2g", 24, 170, (("nvidia-tesla-a100", 2),)),
+    _mt("a2-highgpu-4g", 48, 340, (("nvidia-tesla-a100", 4),)),
     _mt("a2-ultragpu-1g", 12, 170, (("nvidia-a100-80gb", 1),)),
     _mt("a3-highgpu-8g", 208, 1872, (("nvidia-h100-80gb", 8),)),
     _mt("g2-standard-4", 4, 16, (("nvidia-l4", 1),)),

@@ -15,11 +15,11 @@ from guardian.simulated.aws import SimInstance, constant, seed_fleet
 from tests.conftest import MotoServer
 
 
-def audit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def audit(tmp_path: Path, *args: str, command: str = "audit") -> subprocess.CompletedProcess[str]:
     config = tmp_path / "guardian.yaml"
     config.write_text(f"state_dir: {tmp_path}\naws: {{regions: [us-east-1, eu-west-1]}}\n")
     return subprocess.run(
-        [sys.executable, "-m", "guardian", "audit", "--config", str(config), *args],
+        [sys.executable, "-m", "guardian", command, "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -93,3 +93,19 @@ def test_check_config_probe_warns_when_enforce_would_stop_nothing(
         "# warning: mode: enforce would stop none of them: 2 GPU instances seen, if idle: "
         "0 would be stopped, 2 alert-only: 2 local disk not reported"
     ) in result.stderr
+
+
+def test_rightsize_command_lists_recommendations_and_marks_the_rest(
+    moto_server: MotoServer, tmp_path: Path
+) -> None:
+    seed(moto_server)
+    result = audit(tmp_path, "--format", "json", command="rightsize")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    # Both already run on the cheapest type their measured work fits: nothing to recommend,
+    # and each says why.
+    assert document["recommendations"] == []
+    assert document["totals"] == {"recommendations": 0, "saves_usd_month": 0}
+    notes = {r["name"]: r["note"] for r in document["no_recommendation"]}
+    assert set(notes) == {"done", "busy"}
+    assert all(note.startswith("no cheaper type in ") for note in notes.values())

@@ -46,7 +46,7 @@ def test_help_imports_no_cloud_sdk() -> None:
 def test_help_lists_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for command in ("audit", "demo", "check-config", "prices"):
+    for command in ("audit", "rightsize", "demo", "check-config", "prices"):
         assert command in result.stdout
 
 

@@ -80,4 +80,10 @@ def test_demo_shows_every_verdict_on_both_clouds() -> None:
     }  # fmt: skip
     assert findings["reserved-g6-spare"]["reserved"] is True
     assert document["totals"]["enforce"]["stop"] == 4
+    # Right-sizing: the one-GPU job on a four-GPU box, its host measured, gets a one-GPU g5.
+    cv = findings["cv-train-eu"]["recommendation"]
+    assert (cv["instance_type"], cv["gpus_used"], cv["not_measured"]) == ("g5.2xlarge", 1, [])
+    assert findings["prod-inference"]["recommendation"] is None
+    assert findings["prod-inference"]["rightsize_note"] == "protected: not sized"
+    assert document["totals"]["rightsizing_saves_usd_month"] >= cv["saves_usd_month"] > 3000
     assert elapsed < 120, f"demo took {elapsed:.0f} s"

@@ -206,3 +206,56 @@ def test_types_without_gpus_are_not_gpu_types() -> None:
     assert gpu_type_from({"InstanceType": "m5.large"}) is None
     no_gpus: Any = {"InstanceType": "x", "GpuInfo": {"Gpus": []}}
     assert gpu_type_from(no_gpus) is None
+
+
+def test_a_coarser_host_series_weighs_less_in_the_datapoint_budget() -> None:
+    """A day at 60 s is 1,441 datapoints a query; AWS/EC2 CPU at 300 s is 289. Packing counts
+    each query's own, so host CPU costs a fifth of a GPU series, and no call is over a page."""
+    from guardian.model import InstanceMetric
+    from guardian.providers.aws.metrics import InstanceSeriesSpec, datapoints
+
+    window = 24 * 3600
+    limits = AwsLimits()
+    instances = [instance(f"i-{n:03d}", gpus=1) for n in range(200)]
+    util = {i.instance_id: series(i.instance_id, 1) for i in instances}
+
+    def plan(period: int | None) -> list[list[Query]]:
+        cpu = InstanceSeriesSpec(
+            InstanceMetric.HOST_CPU_PCT, "AWS/EC2", "CPUUtilization", listed=False, period_s=period
+        )
+        names = MetricNames(NAMES.namespace, NAMES.gpu_util, NAMES.gpu_mem_used, 60, (cpu,))
+        return plan_batches(
+            instances,
+            util,
+            util,
+            names,
+            limits.metric_queries,
+            max_datapoints=limits.datapoints_per_call,
+            window_s=window,
+        )
+
+    def points(batch: list[Query]) -> int:
+        return sum(datapoints(window, q.period_s or 60) for q in batch)
+
+    gpus_only = plan_batches(
+        instances,
+        util,
+        util,
+        NAMES,
+        limits.metric_queries,
+        max_datapoints=limits.datapoints_per_call,
+        window_s=window,
+    )
+    # The same packing as before the weights: 69 one-minute queries a call over a day.
+    assert max(len(b) for b in gpus_only) == 68  # 34 instances of two queries
+    assert len(gpus_only) == 6
+    at_60, at_300 = plan(None), plan(300)
+    assert [len(gpus_only), len(at_60), len(at_300)] == [6, 9, 7]
+    for batch in (*at_60, *at_300):
+        assert points(batch) <= limits.datapoints_per_call
+        # An instance's queries stay in one call.
+        keys = {q.instance_key for q in batch}
+        assert all(sum(q.instance_key == k for q in batch) == 3 for k in keys)
+    cpu_query = next(q for q in at_300[0] if q.kind == "instance")
+    assert cpu_query.period_s == 300
+    assert cpu_query.dims == (("InstanceId", instances[0].instance_id),)

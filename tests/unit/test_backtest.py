@@ -308,9 +308,11 @@ def test_cli_from_the_cloud_replays_the_provider_history(
     )
     provider = FakeProvider([instance], samples={instance.key: samples})
     built: list[Config] = []
+    series: list[bool] = []
 
-    def build(cfg: Config) -> list[FakeProvider]:
+    def build(cfg: Config, *, instance_series: bool = True) -> list[FakeProvider]:
         built.append(cfg)
+        series.append(instance_series)
         return [provider]
 
     monkeypatch.setattr("guardian.providers.factory.build_providers", build)
@@ -318,6 +320,7 @@ def test_cli_from_the_cloud_replays_the_provider_history(
     assert result.exit_code == 0, result.output
     assert built[0].aws.enabled is (cloud == "aws")  # only the cloud asked for
     assert built[0].gcp.enabled is (cloud == "gcp")
+    assert series == [False]  # a history needs the GPUs' series only, no host series
     assert provider.utilisation_calls == 2
     document = json.loads(result.stdout)
     assert document["source"] == f"{source}, last 2 day(s)"

@@ -265,3 +265,26 @@ def test_weekly_price_refresh_calls_the_refresher_and_survives_its_failure(
     daemon.close()
     (report,) = [e for e in logs if e["event"] == "prices_refreshed"]
     assert (report["provider"], report["failures"]) == ("aws", 1)
+
+
+def test_the_digest_lists_the_largest_right_sizing_savings(
+    tmp_path: Path, http: HttpReceiver
+) -> None:
+    fleet = Fleet()
+    notebook = make_instance("i-notebook", launch_time=datetime.now(UTC) - timedelta(days=1))
+    fleet.provider.instances.append(notebook)
+    refresh = fleet.refresh
+
+    def with_notebook() -> None:
+        refresh()
+        fleet.provider.samples[notebook.key] = flat_samples(8.0, 120, end=datetime.now(UTC))
+
+    fleet.refresh = with_notebook  # type: ignore[method-assign]
+    daemon = daemon_for(tmp_path, fleet, notify={"urls": [http.url()]})
+    daemon.run_cycle()
+    daemon.send_digest()
+    (digest,) = [p for _, p in http.posts if str(p.get("title", "")).startswith("GPU digest")]
+    body = str(digest.get("message", ""))
+    assert "Right-sizing (advice, top 1: $587.21/month):" in body
+    assert "1. name-i-notebook (i-notebook) g5.xlarge → CPU m7i.xlarge saves $587.21/month" in body
+    daemon.close()

@@ -9,7 +9,7 @@ import json
 from rich.console import Console
 
 from guardian.config import Config
-from guardian.cycle import audit_cycle
+from guardian.cycle import CycleResult, audit_cycle
 from guardian.model import Verdict
 from guardian.report.document import HOURS_PER_MONTH, findings_csv, findings_json
 from guardian.report.table import print_audit, sparkline
@@ -21,6 +21,7 @@ FINDING_KEYS = {
     "gpu_mem_used_max_mib", "idle_minutes", "metric_coverage", "hourly_price", "price_source",
     "cpu_equivalent", "premium", "required_speedup", "verdict", "reasons", "wasted_usd", "action",
     "managed_by", "reserved", "reservation", "local_disk_used_mib", "enforce", "enforce_reason",
+    "recommendation", "rightsize_note",
 }  # fmt: skip
 
 
@@ -168,3 +169,81 @@ def test_owners_reservations_and_what_enforce_would_do_are_reported() -> None:
     text = console.export_text()
     assert "EKS node group gpu-ng" in text  # under the type
     assert "If enforced, 4 idle: 1 would be stopped, 3 alert-only: " in text
+
+
+# -- right-sizing in every output ------------------------------------------------------------
+
+
+def rightsized() -> tuple[Config, CycleResult]:
+    """A notebook that does not earn its premium (the CPU move), a busy box (nothing cheaper in
+    this small catalog) and a protected one (marked, never sized)."""
+    notebook = make_instance("i-notebook")
+    busy = make_instance("i-busy")
+    kept = make_instance("i-kept", tags={"guardian:protect": "true"})
+    provider = FakeProvider(
+        [notebook, busy, kept],
+        {
+            notebook.key: flat_samples(8, 24 * 60, mem_mib=6000.0),
+            busy.key: flat_samples(95, 24 * 60),
+            kept.key: flat_samples(3, 24 * 60),
+        },
+    )
+    config = Config()
+    return config, audit_cycle(config, [provider], CATALOG, NOW)
+
+
+SAVES = round((1.006 - 0.2016) * HOURS_PER_MONTH, 2)  # g5.xlarge → m7i.xlarge: 587.21
+
+
+def test_the_recommendation_is_in_the_json_csv_and_table() -> None:
+    config, result = rightsized()
+    document = json.loads(json.dumps(findings_json(result, config)))
+    by_id = {f["instance_id"]: f for f in document["findings"]}
+    rec = by_id["i-notebook"]["recommendation"]
+    assert set(rec) >= {
+        "instance_type", "hourly_price", "saves_usd_month", "gpus_used", "peak_gpu_mem_mib",
+        "reason",
+    }  # fmt: skip
+    assert (rec["move"], rec["instance_type"], rec["hourly_price"]) == ("cpu", "m7i.xlarge", 0.2016)
+    assert rec["saves_usd_month"] == SAVES
+    assert (rec["gpus_used"], rec["peak_gpu_mem_mib"]) == (0, 6000.0)
+    assert "does not earn its premium" in rec["reason"]
+    assert by_id["i-busy"]["recommendation"] is None
+    assert by_id["i-busy"]["rightsize_note"].startswith("no cheaper type in us-east-1")
+    assert by_id["i-kept"]["recommendation"] is None
+    assert by_id["i-kept"]["rightsize_note"] == "protected: not sized"
+    assert document["totals"]["rightsizing_saves_usd_month"] == SAVES
+    assert document["config"]["rightsize"] == {
+        "gpu_busy_above": 10.0, "headroom": 1.25, "host_metrics": True,
+    }  # fmt: skip
+
+    rows = {r["instance_id"]: r for r in csv.DictReader(io.StringIO(findings_csv(result)))}
+    assert rows["i-notebook"]["recommendation_instance_type"] == "m7i.xlarge"
+    assert rows["i-notebook"]["recommendation_saves_usd_month"] == str(SAVES)
+    assert rows["i-busy"]["recommendation_instance_type"] == ""
+    assert rows["i-kept"]["rightsize_note"] == "protected: not sized"
+
+    console = Console(width=300, record=True)
+    print_audit(result, console)
+    text = console.export_text()
+    assert "Suggest" in text
+    assert "CPU m7i.xlarge" in text
+    assert "right-sizing would save $587/month" in text
+
+
+def test_guardian_rightsize_prints_only_recommendations_largest_first() -> None:
+    from guardian.report.rightsize import print_rightsize, rightsize_csv, rightsize_json
+
+    _config, result = rightsized()
+    document = rightsize_json(result)
+    assert [r["instance_id"] for r in document["recommendations"]] == ["i-notebook"]
+    assert document["totals"] == {"recommendations": 1, "saves_usd_month": SAVES}
+    marked = {r["instance_id"]: r["note"] for r in document["no_recommendation"]}
+    assert marked["i-kept"] == "protected: not sized"
+    rows = list(csv.DictReader(io.StringIO(rightsize_csv(result))))
+    assert [(r["instance_id"], r["recommendation_move"]) for r in rows] == [("i-notebook", "cpu")]
+    console = Console(width=200, record=True)
+    print_rightsize(result, console)
+    text = console.export_text()
+    assert "1 recommendation · right-sizing would save $587/month" in text
+    assert "name-i-kept: protected: not sized" in text

@@ -6,11 +6,14 @@ The agent's ``nvidia_gpu`` plugin publishes one series per GPU with the dimensio
 sets are first learned with ListMetrics — one listing per region and metric, never one per
 instance — and filtered here to the instances being audited. The queries (Stat ``Maximum``, one
 per GPU and metric) are then packed into GetMetricData calls of at most 500 queries, and fewer
-when the window is long, so that one response page stays under 100,800 datapoints.
+when the window is long, so that one response page stays under 100,800 datapoints: each query
+counts the datapoints its own period gives over the window.
 
 Per-instance series (``InstanceSeriesSpec``: host CPU, the agent's local-disk and notebook
 signals) ride in the same calls: one query per instance and metric, packed with its GPU queries.
-They are optional: a failed or empty one leaves the instance's entry out, never its GPUs.
+They are optional: a failed or empty one leaves the instance's entry out, never its GPUs. A
+spec may read at a coarser period than the GPUs' (``AWS/EC2`` basic monitoring stores one
+datapoint per 5 minutes): its queries then weigh a fifth in the datapoint budget.
 
 A failure never raises: the instances it concerns get ``GpuUtilisation.error`` and are reported
 ``unmeasured``.
@@ -25,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.aws.limits import AwsLimits
-from guardian.series import reduce_gpu_series
+from guardian.series import reduce_gpu_series, summarise_gpus
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -37,6 +40,7 @@ __all__ = [
     "MetricNames",
     "Query",
     "aligned_window",
+    "datapoints",
     "fetch_batch",
     "list_instance_series",
     "plan_batches",
@@ -77,6 +81,7 @@ class InstanceSeriesSpec:
     listed: bool = True
     stat: str = "Maximum"
     scale: float = 1.0  # CloudWatch's unit → guardian's
+    period_s: int | None = None  # None: the GPU metrics' period
 
 
 @dataclass(frozen=True)
@@ -101,6 +106,13 @@ class Query:
     dims: Dims
     namespace: str | None = None  # None: MetricNames.namespace
     stat: str = "Maximum"
+    period_s: int | None = None  # None: MetricNames.period_s
+
+
+def datapoints(window_s: int, period_s: int) -> int:
+    """The most datapoints one query of ``period_s`` can return over ``window_s`` (a period
+    cut by either end of the window still counts)."""
+    return max(1, -(-window_s // period_s) + 1)
 
 
 def aligned_window(start: datetime, end: datetime, period_s: int) -> tuple[datetime, datetime]:
@@ -115,7 +127,7 @@ def aligned_window(start: datetime, end: datetime, period_s: int) -> tuple[datet
 
 def queries_per_call(start: datetime, end: datetime, period_s: int, limits: AwsLimits) -> int:
     """At most 500 queries, and few enough that one page holds every datapoint of the window."""
-    periods = max(1, int((end - start).total_seconds()) // period_s + 1)
+    periods = datapoints(int((end - start).total_seconds()), period_s)
     return max(1, min(limits.metric_queries, limits.datapoints_per_call // periods))
 
 
@@ -160,8 +172,12 @@ def plan_batches(
     *,
     id_prefix: str = "q",
     instance_listings: Mapping[InstanceMetric, Mapping[str, Sequence[Dims]]] | None = None,
+    max_datapoints: int | None = None,
+    window_s: int = 0,
 ) -> list[list[Query]]:
-    """Queries for every GPU series, packed into batches of at most ``max_queries``.
+    """Queries for every GPU series, packed into batches of at most ``max_queries``, and (with
+    ``max_datapoints``) of at most that many datapoints over ``window_s``, each query weighing
+    what its own period returns: a 5-minute query costs a fifth of a 1-minute one.
 
     Query ids are ``id_prefix`` + a counter: callers merging the results of several regions
     give each region its own prefix, so one region's answers never land on another's queries.
@@ -171,8 +187,14 @@ def plan_batches(
     ``instance_listings`` holds the listed sets of the listed per-instance series.
     """
     listings = instance_listings or {}
+    budget = max_datapoints or 0
+
+    def weight(query: Query) -> int:
+        return datapoints(window_s, query.period_s or names.period_s) if budget else 0
+
     batches: list[list[Query]] = []
     current: list[Query] = []
+    points = 0  # datapoints of ``current``
     count = 0  # ids are unique across batches, so their results can be merged
     for instance in instances:
         util = util_series.get(instance.instance_id, [])
@@ -186,14 +208,19 @@ def plan_batches(
             for dims in mem_series.get(instance.instance_id, [])
         ]
         mine += _instance_queries(instance, names, listings)
-        if current and len(current) + len(mine) > max_queries:
+        mine_points = sum(map(weight, mine))
+        if current and (
+            len(current) + len(mine) > max_queries or (budget and points + mine_points > budget)
+        ):
             batches.append(current)
-            current = []
+            current, points = [], 0
         for query in mine:
-            if len(current) >= max_queries:
+            cost = weight(query)
+            if current and (len(current) >= max_queries or (budget and points + cost > budget)):
                 batches.append(current)
-                current = []
+                current, points = [], 0
             current.append(replace(query, id=f"{id_prefix}{count}"))
+            points += cost
             count += 1
     if current:
         batches.append(current)
@@ -213,7 +240,15 @@ def _instance_queries(
             sets = [(("InstanceId", instance.instance_id),)]
         queries += [
             Query(
-                "", instance.key, "instance", spec.key, spec.metric, dims, spec.namespace, spec.stat
+                "",
+                instance.key,
+                "instance",
+                spec.key,
+                spec.metric,
+                dims,
+                spec.namespace,
+                spec.stat,
+                spec.period_s,
             )
             for dims in sets
         ]
@@ -230,7 +265,7 @@ def _query_body(query: Query, names: MetricNames) -> dict[str, Any]:
                 # Exactly the listed set, in the listed order.
                 "Dimensions": [{"Name": n, "Value": v} for n, v in query.dims],
             },
-            "Period": names.period_s,
+            "Period": query.period_s or names.period_s,
             "Stat": query.stat,
         },
         "ReturnData": True,
@@ -313,16 +348,14 @@ def reduce_instance(
         times, values = points.get(query.id, _NO_POINTS)
         for at, value in zip(times, values, strict=True):
             per_time[at] = max(value, per_time.get(at, value))
-    samples = reduce_gpu_series(
-        {gpu: sorted(series.items()) for gpu, series in util.items()},
-        {gpu: sorted(series.items()) for gpu, series in mem.items()} or None,
-        expected_gpus=instance.gpu_count,
-    )
+    util_points = {gpu: sorted(series.items()) for gpu, series in util.items()}
+    mem_points = {gpu: sorted(series.items()) for gpu, series in mem.items()} or None
     return GpuUtilisation(
-        samples=samples,
+        samples=reduce_gpu_series(util_points, mem_points, expected_gpus=instance.gpu_count),
         period_s=names.period_s,
         gpus_reporting=len(util),
         instance_series=_instance_series(other, names),
+        gpus=summarise_gpus(util_points, mem_points),
     )
 
 

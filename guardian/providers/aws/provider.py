@@ -57,7 +57,6 @@ from guardian.providers.aws.metrics import (
     list_instance_series,
     no_series_error,
     plan_batches,
-    queries_per_call,
 )
 
 if TYPE_CHECKING:
@@ -222,7 +221,7 @@ class AwsProvider:
     ) -> Iterator[tuple[str, GpuUtilisation]]:
         names = self._names
         start, end = aligned_window(start, end, names.period_s)
-        max_queries = queries_per_call(start, end, names.period_s, self._limits)
+        window_s = int((end - start).total_seconds())
         groups: dict[tuple[str, str], list[GpuInstance]] = {}
         for instance in instances:
             groups.setdefault((instance.account, instance.region), []).append(instance)
@@ -263,9 +262,11 @@ class AwsProvider:
                     util,
                     mem,
                     names,
-                    max_queries,
+                    self._limits.metric_queries,
                     id_prefix=f"u{unit_number}q",
                     instance_listings=instance_listings(unit, listings, names),
+                    max_datapoints=self._limits.datapoints_per_call,
+                    window_s=window_s,
                 )
                 for batch in batches:
                     future = pool.submit(fetch_batch, cloudwatch, batch, names, start, end)

@@ -8,8 +8,9 @@ Google's side would hide which GPUs reported, and an instance whose GPU is silen
 idle.
 
 Per-instance series (``GcpInstanceSeriesSpec``: host CPU, the agent's local-disk and notebook
-signals) are one more query per project and metric, read the same way; they are optional, so a
-failed one leaves only that series out.
+signals) are one more query per project and metric, read the same way — narrowed by the spec's
+metric labels (the Ops Agent's memory is one series per ``state``) and aligned at the spec's
+own period where it has one; they are optional, so a failed one leaves only that series out.
 
 Units: the Ops Agent reports utilisation in percent, the DCGM receiver as a fraction (unit
 ``1``); memory arrives in bytes and is converted to MiB.
@@ -24,7 +25,7 @@ from typing import Any, Literal
 
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.gcp.errors import map_google_error
-from guardian.series import reduce_gpu_series
+from guardian.series import reduce_gpu_series, summarise_gpus
 
 __all__ = [
     "NOTEBOOK_IDLE_METRIC_TYPE",
@@ -57,6 +58,8 @@ class GcpInstanceSeriesSpec:
     key: InstanceMetric
     metric_type: str
     scale: float = 1.0  # Monitoring's unit → guardian's
+    labels: tuple[tuple[str, str], ...] = ()  # metric.labels.NAME = "VALUE" clauses
+    period_s: int | None = None  # alignment period; None: gcp.metrics.period
 
 
 def memory_state_label(metric_type: str) -> str:
@@ -65,11 +68,14 @@ def memory_state_label(metric_type: str) -> str:
     return "state" if "dcgm" in metric_type else "memory_state"
 
 
-def metric_filter(metric_type: str, kind: MetricKind) -> str:
+def metric_filter(
+    metric_type: str, kind: MetricKind, labels: Sequence[tuple[str, str]] = ()
+) -> str:
     """The Monitoring filter for one metric of every GCE instance in a project."""
     parts = [f'metric.type = "{metric_type}"', 'resource.type = "gce_instance"']
     if kind == "mem":
         parts.append(f'metric.labels.{memory_state_label(metric_type)} = "used"')
+    parts += [f'metric.labels.{name} = "{value}"' for name, value in labels]
     return " AND ".join(parts)
 
 
@@ -81,12 +87,13 @@ def build_request(
     start: datetime,
     end: datetime,
     period_s: int,
+    labels: Sequence[tuple[str, str]] = (),
 ) -> Any:
     from google.cloud import monitoring_v3
 
     return monitoring_v3.ListTimeSeriesRequest(
         name=f"projects/{project}",
-        filter=metric_filter(metric_type, kind),
+        filter=metric_filter(metric_type, kind, labels),
         interval=monitoring_v3.TimeInterval(start_time=start, end_time=end),
         aggregation=monitoring_v3.Aggregation(
             alignment_period=timedelta(seconds=period_s),
@@ -129,9 +136,12 @@ def fetch_project_series(
     period_s: int,
     retry: Any,
     timeout_s: float,
+    labels: Sequence[tuple[str, str]] = (),
 ) -> ProjectSeries:
     """Every VM's per-GPU series of one metric in one project. Raises ProviderError."""
-    request = build_request(project, metric_type, kind, start=start, end=end, period_s=period_s)
+    request = build_request(
+        project, metric_type, kind, start=start, end=end, period_s=period_s, labels=labels
+    )
     result = ProjectSeries()
     # instance id → GPU key → time → value; a dict so a GPU seen under two series (the agent
     # restarted with a new label set) keeps the larger reading, as ALIGN_MAX would have.
@@ -219,6 +229,7 @@ def utilisation_for(
         period_s=period_s,
         gpus_reporting=len(util_by_gpu),
         instance_series=_instance_series(instance, instance_results or {}),
+        gpus=summarise_gpus(util_by_gpu, mem_by_gpu),
     )
 
 

@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -47,6 +48,16 @@ from guardian.providers.gcp.projects import ProjectDirectory, compute_disabled
 __all__ = ["GcpProvider"]
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class _Query:
+    """One ListTimeSeries per project: what it reads and how."""
+
+    kind: MetricKind
+    metric_type: str
+    period_s: int
+    labels: tuple[tuple[str, str], ...] = ()
 
 
 class GcpProvider:
@@ -213,28 +224,31 @@ class GcpProvider:
 
     # --- utilisation ---------------------------------------------------------------------
 
-    def _metric_jobs(self, projects: Sequence[str]) -> list[tuple[str, str, MetricKind, str]]:
-        """(project, slot, kind, metric type): one query each; slot names the result."""
+    def _metric_jobs(self, projects: Sequence[str]) -> list[tuple[str, str, _Query]]:
+        """(project, slot, query): one query each; slot names the result."""
         metrics = self._gcp.metrics
-        kinds: list[tuple[str, MetricKind, str]] = [("util", "util", metrics.gpu_util)]
+        period = metrics.period
+        kinds: list[tuple[str, _Query]] = [("util", _Query("util", metrics.gpu_util, period))]
         if metrics.gpu_mem_used:
-            kinds.append(("mem", "mem", metrics.gpu_mem_used))
-        kinds += [(spec.key, "instance", spec.metric_type) for spec in self._instance_series]
-        return [(project, *kind) for project in projects for kind in kinds]
+            kinds.append(("mem", _Query("mem", metrics.gpu_mem_used, period)))
+        kinds += [
+            (spec.key, _Query("instance", spec.metric_type, spec.period_s or period, spec.labels))
+            for spec in self._instance_series
+        ]
+        return [(project, slot, query) for project in projects for slot, query in kinds]
 
-    def _fetch(
-        self, project: str, kind: MetricKind, metric_type: str, start: datetime, end: datetime
-    ) -> ProjectSeries:
+    def _fetch(self, project: str, query: _Query, start: datetime, end: datetime) -> ProjectSeries:
         result = fetch_project_series(
             self._clients.metrics(),
             project,
-            metric_type,
-            kind,
+            query.metric_type,
+            query.kind,
             start=start,
             end=end,
-            period_s=self._gcp.metrics.period,
+            period_s=query.period_s,
             retry=self._retry(),
             timeout_s=self._call_timeout_s,
+            labels=query.labels,
         )
         self._count({"monitoring.listTimeSeries": result.pages})
         return result
@@ -250,8 +264,8 @@ class GcpProvider:
             workers = min(self._max_workers, len(jobs))
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="gcp-metrics") as pool:
                 futures = {
-                    (project, slot): pool.submit(self._fetch, project, kind, metric, start, end)
-                    for project, slot, kind, metric in jobs
+                    (project, slot): pool.submit(self._fetch, project, query, start, end)
+                    for project, slot, query in jobs
                 }
             for job, future in futures.items():
                 try:
