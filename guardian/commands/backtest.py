@@ -209,7 +209,10 @@ def backtest(  # typer calls commands with keyword arguments only
         bool, typer.Option("--from-gcp", help="Replay the GCP fleet's Cloud Monitoring history.")
     ] = False,
     synthetic: Annotated[
-        bool, typer.Option("--synthetic", help="Replay the synthetic training fleet (seed 7).")
+        bool,
+        typer.Option(
+            "--synthetic", help="Replay the synthetic training fleet (40 machines, seed 7)."
+        ),
     ] = False,
     days: Annotated[
         int, typer.Option("--days", help="Days of cloud history (CloudWatch keeps 15 at 1 min).")
