@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from guardian.config import Config
+from guardian.policy import format_keep_until
 from guardian.simulated.aws import Reading, SimInstance, constant
 
 __all__ = ["DEMO_REGIONS", "DemoCloud", "demo_fleet", "simulated_cloud"]
@@ -45,15 +46,18 @@ def _notebook(rng: random.Random, minutes: int) -> list[Reading]:
     return readings[-minutes:]
 
 
-def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
-    """Region → instances: every verdict, a spot instance, one without the GPU agent."""
+def demo_fleet(now: datetime, seed: int = 7) -> dict[str, list[SimInstance]]:
+    """Region → instances: every verdict, a spot instance, one without the GPU agent.
+
+    Every time in it is derived from ``now``: the demo shows the same verdicts on any day.
+    """
     rng = random.Random(seed)
     h = HISTORY_MINUTES
 
     def tags(name: str, owner: str, **extra: str) -> dict[str, str]:
         return {"Name": name, "owner": owner, **extra}
 
-    tomorrow = "2026-12-31T18:00Z"
+    tomorrow = format_keep_until((now + timedelta(days=1)).replace(hour=18, minute=0))
     return {
         "us-east-1": [
             # Fine-tuning finished 95 minutes ago and released its memory: idle (job ended).
@@ -114,7 +118,7 @@ def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
                 tags=tags("eval-paused", "carol"),
                 age=timedelta(hours=12),
             ),
-            # Kept on purpose until the end of the year.
+            # Kept on purpose until tomorrow evening.
             SimInstance(
                 "g4dn.2xlarge",
                 constant(0.0, 300.0, h),
@@ -143,7 +147,7 @@ def _seed_aws(endpoint: str, now: datetime) -> None:
 
     from guardian.simulated.aws import put_gpu_metrics, seed_fleet
 
-    for region, fleet in demo_fleet().items():
+    for region, fleet in demo_fleet(now).items():
         ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint)
         cloudwatch = boto3.client("cloudwatch", region_name=region, endpoint_url=endpoint)
         launched = seed_fleet(ec2, cloudwatch, fleet, now, in_process=True)

@@ -16,6 +16,7 @@ from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import ActionRow, Store
 from guardian.model import GpuInstance, GpuSample, Verdict
+from guardian.policy import format_keep_until
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
@@ -177,7 +178,9 @@ def test_busy_again_during_the_grace_is_not_stopped(tmp_path: Path) -> None:
 
 def test_protected_and_busy_instances_are_left_alone(tmp_path: Path) -> None:
     keep = make_instance("i-keep", tags={"guardian:protect": "true"})
-    until = make_instance("i-until", tags={"guardian:keep-until": "2026-11-27T12:00Z"})
+    until = make_instance(
+        "i-until", tags={"guardian:keep-until": format_keep_until(NOW + timedelta(days=1))}
+    )
     busy = make_instance("i-busy")
     world = World(tmp_path, config(), [keep, until, busy])
     world.util[busy.key] = 95.0
