@@ -93,12 +93,8 @@ def audit(
         wanted = set(region)
         kept = tuple(f for f in result.findings if f.instance.region in wanted)
         result = CycleResult(result.generated_at, kept, result.errors)
-    if result.errors and not result.findings:
-        first = result.errors[0]
-        more = f" (and {len(result.errors) - 1} more)" if len(result.errors) > 1 else ""
-        raise GuardianError(
-            f"nothing could be audited: {first.provider} {first.region}: {first.message}{more}"
-        )
+    if result.nothing_audited:
+        raise GuardianError(result.failure_line())
     emit(result, cfg, output)
     if exit_code and any(f.decision.verdict is Verdict.IDLE for f in result.findings):
         raise typer.Exit(1)

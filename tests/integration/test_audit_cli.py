@@ -15,11 +15,14 @@ from guardian.simulated.aws import SimInstance, constant, seed_fleet
 from tests.conftest import MotoServer
 
 
-def audit(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+def audit(tmp_path: Path, *args: str, command: str = "audit") -> subprocess.CompletedProcess[str]:
     config = tmp_path / "guardian.yaml"
-    config.write_text(f"state_dir: {tmp_path}\naws: {{regions: [us-east-1, eu-west-1]}}\n")
+    config.write_text(
+        f"state_dir: {tmp_path}\nmetrics: {{listen: ''}}\n"
+        "aws: {regions: [us-east-1, eu-west-1]}\n"
+    )
     return subprocess.run(
-        [sys.executable, "-m", "guardian", "audit", "--config", str(config), *args],
+        [sys.executable, "-m", "guardian", *command.split(), "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -61,3 +64,8 @@ def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) 
     assert table.returncode == 0  # without --exit-code an idle instance is not an error
     assert "done" in table.stdout
     assert "idle burn" in table.stdout
+
+    # `run --once` keeps the same contract (issue 12).
+    once = audit(tmp_path, "--exit-code", command="run --once")
+    assert once.returncode == 1, once.stderr
+    assert "2 GPU instances, 1 idle" in once.stderr

@@ -91,7 +91,7 @@ def test_log_format_is_validated(fmt: str) -> None:
     assert "Traceback" not in bad.stderr
 
 
-def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Path) -> None:
+def no_credentials(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env.update(
         AWS_CONFIG_FILE=str(tmp_path / "none"),
@@ -99,9 +99,47 @@ def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Pat
         AWS_EC2_METADATA_DISABLED="true",
         GUARDIAN_CONFIG=str(tmp_path / "guardian.yaml"),
     )
-    (tmp_path / "guardian.yaml").write_text(f"state_dir: {tmp_path}\n")
+    (tmp_path / "guardian.yaml").write_text(
+        f"state_dir: {tmp_path}\nmetrics: {{listen: ''}}\n", encoding="utf-8"
+    )
+    return env
+
+
+@pytest.mark.parametrize("command", [("audit",), ("run", "--once")])
+def test_nothing_audited_exits_2_with_one_line(tmp_path: Path, command: tuple[str, ...]) -> None:
+    # A cron job must notice: "0 GPU instances ... 1 errors" is not a success (issue 12).
     result = subprocess.run(
-        [*GUARDIAN, "audit"], capture_output=True, text=True, timeout=120, env=env, check=False
+        [*GUARDIAN, *command],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=no_credentials(tmp_path),
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("guardian: error:")]
+    assert len(errors) == 1
+    assert "nothing could be audited" in errors[0]
+    assert "no AWS credentials found" in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_exit_code_goes_with_once() -> None:
+    result = run("run", "--exit-code")
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "guardian: error: --exit-code goes with --once: the daemon only exits on a signal"
+    )
+
+
+def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [*GUARDIAN, "audit"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=no_credentials(tmp_path),
+        check=False,
     )
     assert result.returncode == 2
     assert result.stdout == ""
