@@ -7,6 +7,7 @@ line naming the key path (``idle.window: not a duration: 'soon'``).
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -16,6 +17,7 @@ from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -37,6 +39,8 @@ __all__ = [
     "load_config",
     "mask_secret_url",
     "masked_dump",
+    "parse_config",
+    "within",
 ]
 
 DEFAULT_SEARCH_PATHS: tuple[Path, ...] = (
@@ -49,6 +53,58 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
+# `guardian run` polls at least this far apart, unless GUARDIAN_POLL_FLOOR lowers the floor for a
+# simulated cloud (the end-to-end tests poll every 2 s; a real cloud bills every poll).
+POLL_FLOOR = "1m"
+
+
+def within(low: float | str, high: float | str, why: str) -> AfterValidator:
+    """Bound a number or a duration to ``[low, high]``; ``why`` is the one-line reason an error
+    gives. Every number and duration in the config has one, so a typo cannot turn a threshold
+    into nonsense (``poll_interval: 0s`` polled back to back, billing each call)::
+
+        grace: Annotated[Duration, within("0s", "7d", "a warning must come before a stop")]
+        max_stops: Annotated[int, within(0, 1000, "0 = never stop")] = 5
+
+    Durations take their bounds as duration strings, numbers as numbers; both inclusive.
+    """
+
+    def check(value: Any) -> Any:
+        bounds: tuple[Any, Any] = (low, high)
+        shown: Any = "{:g}".format
+        if isinstance(value, timedelta):
+            bounds, shown = (parse_duration(low), parse_duration(high)), format_duration
+        if not bounds[0] <= value <= bounds[1]:
+            raise ValueError(
+                f"{shown(value)} is not between {shown(bounds[0])} and {shown(bounds[1])}: {why}"
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, us-gov-west-1, ap-southeast-5
+_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
+_STATE_URL = re.compile(r"^(sqlite|postgresql)(\+\w+)?://")
+
+
+def _region_list(value: Any) -> Any:
+    """``aws.regions``: a list, or "all"; a bare region name says how to write it."""
+    if isinstance(value, str) and value != "all":
+        raise ValueError(f'a list of regions such as [{value}], or "all"; got the text {value!r}')
+    return value
+
+
+def _region_name(value: str) -> str:
+    if not _REGION.match(value):
+        raise ValueError(f"{value!r} is not an AWS region name (like us-east-1)")
+    return value
+
+
+def _role_arn(value: str) -> str:
+    if not _ROLE_ARN.match(value):
+        raise ValueError(f"{value!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)")
+    return value
 
 
 class Mode(StrEnum):
@@ -62,33 +118,72 @@ class _Section(BaseModel):
 
 
 class IdleConfig(_Section):
-    gpu_util_below: float = Field(5.0, ge=0, le=100)
-    window: Duration = timedelta(minutes=60)
-    window_released: Duration = timedelta(minutes=10)
-    released_below_mib: float = Field(256.0, ge=0)
-    min_uptime: Duration = timedelta(minutes=20)
-    max_staleness: Duration = timedelta(minutes=10)
-    grace: Duration = timedelta(minutes=15)
+    gpu_util_below: Annotated[
+        float, within(0, 50, "percent; a GPU busier than half the time is working, not idle")
+    ] = 5.0
+    window: Annotated[
+        Duration, within("1m", "7d", "at least one metric period; beyond a week nothing is idle")
+    ] = timedelta(minutes=60)
+    window_released: Annotated[
+        Duration, within("0s", "7d", "0s = off; beyond a week nothing is idle")
+    ] = timedelta(minutes=10)
+    released_below_mib: Annotated[
+        float, within(0, 8192, "MiB; a GPU holding more still has a model loaded")
+    ] = 256.0
+    min_uptime: Annotated[Duration, within("0s", "1d", "a machine up a day is past its setup")] = (
+        timedelta(minutes=20)
+    )
+    max_staleness: Annotated[
+        Duration, within("1m", "1d", "at least one metric period; older data is not the present")
+    ] = timedelta(minutes=10)
+    grace: Annotated[
+        Duration, within("0s", "7d", "warning to stop; a week's grace is no enforcement")
+    ] = timedelta(minutes=15)
     # Extension: the share of the time since measuring began (the lookback start, the launch or
     # the first sample, whichever is latest) that must have samples before any verdict other
     # than `unmeasured` is given.
-    min_coverage: float = Field(0.5, gt=0, le=1)
+    min_coverage: Annotated[
+        float, within(0.05, 1, "a share of the time: a verdict needs some samples")
+    ] = 0.5
     # Extension (guardian.policy.history): signals from the instance's own lookback that may
     # only lengthen the wait. Wait this multiple of its longest pause that ended in work (0 = off)
-    history_margin: float = Field(2.0, ge=0)
+    history_margin: Annotated[
+        float, within(0, 10, "a multiple of the instance's longest pause; 0 = off")
+    ] = 2.0
     # ... and at least this long when it works in repeated bursts, a service or notebook (0s = off)
-    window_bursty: Duration = timedelta(hours=4)
+    window_bursty: Annotated[
+        Duration, within("0s", "7d", "0s = off; beyond a week nothing is idle")
+    ] = timedelta(hours=4)
 
 
 class CostConfig(_Section):
-    lookback: Duration = timedelta(hours=24)
-    expected_speedup: float = Field(10.0, gt=0)
-    rule_of_thumb: tuple[float, float] = (2.0, 3.0)
+    lookback: Annotated[
+        Duration,
+        within("10m", "15d", "CloudWatch keeps one-minute data 15 days; an idle window must fit"),
+    ] = timedelta(hours=24)
+    expected_speedup: Annotated[
+        float, within(1, 1000, "times faster than the CPU equivalent at full use")
+    ] = 10.0
+    rule_of_thumb: tuple[
+        Annotated[float, within(1, 100, "a premium: GPU $/h over CPU $/h")],
+        Annotated[float, within(1, 100, "a premium: GPU $/h over CPU $/h")],
+    ] = (2.0, 3.0)
+
+    @field_validator("rule_of_thumb")
+    @classmethod
+    def _low_then_high(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"[{value[0]:g}, {value[1]:g}]: give the low premium first")
+        return value
 
 
 class LimitsConfig(_Section):
-    max_stops_per_cycle: int = Field(5, ge=0)
-    max_idle_fraction: float = Field(0.5, gt=0, le=1)
+    max_stops_per_cycle: Annotated[
+        int, within(0, 1000, "0 = never stop; more a cycle is no cap")
+    ] = 5
+    max_idle_fraction: Annotated[
+        float, within(0.05, 1, "a share of one account and region's GPU instances")
+    ] = 0.5
 
 
 class EnforceConfig(_Section):
@@ -104,18 +199,21 @@ class AwsMetricsConfig(_Section):
     namespace: str = "CWAgent"
     gpu_util: str = "nvidia_smi_utilization_gpu"
     gpu_mem_used: str = "nvidia_smi_memory_used"
-    period: int = Field(60, ge=1)
+    period: Annotated[int, within(1, 3600, "seconds; the agent's collection interval")] = 60
 
 
 class AwsAccount(_Section):
-    role_arn: str
+    role_arn: Annotated[str, AfterValidator(_role_arn)]
     external_id: str | None = None
     name: str | None = None
 
 
 class AwsConfig(_Section):
     enabled: bool = True
-    regions: list[str] | Literal["all"] = Field(default_factory=lambda: ["us-east-1"])
+    regions: Annotated[
+        list[Annotated[str, AfterValidator(_region_name)]] | Literal["all"],
+        BeforeValidator(_region_list),
+    ] = Field(default_factory=lambda: ["us-east-1"])
     accounts: list[AwsAccount] = Field(default_factory=list)
     metrics: AwsMetricsConfig = AwsMetricsConfig()
 
@@ -130,7 +228,9 @@ class AwsConfig(_Section):
 class GcpMetricsConfig(_Section):
     gpu_util: str = "agent.googleapis.com/gpu/utilization"
     gpu_mem_used: str = "agent.googleapis.com/gpu/memory/bytes_used"
-    period: int = Field(60, ge=1)
+    period: Annotated[
+        int, within(60, 3600, "seconds; Cloud Monitoring aligns series to a minute or more")
+    ] = 60
 
 
 class GcpConfig(_Section):
@@ -153,7 +253,9 @@ class NotifyConfig(_Section):
 
 
 class AgentConfig(_Section):
-    interval: Duration = timedelta(seconds=10)
+    interval: Annotated[
+        Duration, within("1s", "10m", "one NVML poll; slower misses the end of short jobs")
+    ] = timedelta(seconds=10)
     publish: Literal["none", "cloudwatch", "gcp"] = "none"
     autostop: bool = False
     listen: str = "127.0.0.1:9465"
@@ -166,7 +268,9 @@ class PricesConfig(_Section):
 class Config(_Section):
     mode: Mode = Mode.NOTIFY
     dry_run: bool = False
-    poll_interval: Duration = timedelta(minutes=5)
+    poll_interval: Annotated[
+        Duration, within("0s", "1d", "a day between polls leaves idle machines running")
+    ] = timedelta(minutes=5)
     state_dir: Path = Path("/var/lib/gpu-guardian")
     state_url: str | None = None  # default: SQLite in state_dir
     owner_tags: list[str] = Field(
@@ -183,21 +287,68 @@ class Config(_Section):
     agent: AgentConfig = AgentConfig()
     prices: PricesConfig = PricesConfig()
 
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_floor(cls, value: timedelta) -> timedelta:
+        floor = parse_duration(os.environ.get("GUARDIAN_POLL_FLOOR") or POLL_FLOOR)
+        if value < floor:
+            raise ValueError(
+                f"{format_duration(value)} is below {format_duration(floor)}: GPU metrics arrive "
+                "once a minute, so faster polls only add billed API calls"
+            )
+        return value
+
+    @field_validator("state_url")
+    @classmethod
+    def _database_url(cls, value: str | None) -> str | None:
+        if value is not None and not _STATE_URL.match(value):
+            raise ValueError(
+                "not a database URL: use sqlite:////path/state.db or "
+                "postgresql+psycopg://user:password@host/database"
+            )
+        return value
+
     @property
     def effective_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.state_dir / 'state.db'}"
 
 
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """``('aws', 'regions', 'list[...]', 0)`` → ``aws.regions[0]``: pydantic's names for the
+    members of a union (``list[...]``, ``literal['all']``) are not keys a user wrote."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif "[" not in part:
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def _problems(error: ValidationError) -> list[Any]:
+    """One problem per key: of a union's members (each reports its own error) the one that got
+    furthest into the value (``aws.regions[1]`` for a list, rather than "not 'all'")."""
+    chosen: dict[tuple[int | str, ...], Any] = {}
+    for problem in error.errors():
+        loc = problem["loc"]
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and "[" in p), len(loc))
+        best = chosen.get(loc[:cut])
+        if best is None or len(loc) > len(best["loc"]):
+            chosen[loc[:cut]] = problem
+    return list(chosen.values())
+
+
 def _describe(error: ValidationError) -> str:
     """The first validation problem as ``key.path: message``."""
-    first = error.errors()[0]
-    path = ".".join(str(part) for part in first["loc"]) or "(top level)"
+    problems = _problems(error)
+    first = problems[0]
+    path = _key_path(first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "required key is missing"
-    more = len(error.errors()) - 1
+    more = len(problems) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {message}{suffix}"
 

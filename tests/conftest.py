@@ -11,11 +11,15 @@ told to answer one operation with an AWS error, as a region denied by an SCP wou
 
 ``aws_gpu_catalog``: one ``GpuTypeCatalog`` per test process, shared by the providers built in
 tests: moto's DescribeInstanceTypes answers 1,400 types in one page in 3-4 s.
+
+``GUARDIAN_POLL_FLOOR=1s`` for the whole run (and the ``guardian`` subprocesses it starts): the
+daemon's tests poll a simulated cloud every second or two, which a real config may not.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,6 +32,8 @@ from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_s
 
 if TYPE_CHECKING:
     from guardian.providers.aws.discovery import GpuTypeCatalog
+
+os.environ["GUARDIAN_POLL_FLOOR"] = "1s"
 
 
 @dataclass(frozen=True)

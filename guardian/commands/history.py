@@ -29,12 +29,10 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def _open_store(config: Config) -> Any:
-    import sqlalchemy as sa
-
-    from guardian.daemon.store import Store
+    from guardian.daemon.store import Store, check_state_url
 
     url = config.effective_state_url
-    parsed = sa.make_url(url)
+    parsed = check_state_url(url)
     database = parsed.database or ""
     sqlite_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if sqlite_file and not Path(database).is_file():

@@ -34,8 +34,9 @@ from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.messages import digest_message
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
+from guardian.daemon.preflight import digest_trigger
 from guardian.daemon.store import Store
-from guardian.errors import ConfigError, GuardianError
+from guardian.errors import GuardianError
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider
 from guardian.report.document import totals
@@ -67,18 +68,6 @@ def _default_catalog(state_dir: Path) -> PriceCatalog:
     from guardian.prices import load_catalog
 
     return load_catalog(state_dir)
-
-
-def _digest_trigger(config: Config) -> BaseTrigger | None:
-    from apscheduler.triggers.cron import CronTrigger
-
-    expression = config.notify.digest.strip()
-    if not expression:
-        return None
-    try:
-        return CronTrigger.from_crontab(expression, timezone=UTC)
-    except ValueError as exc:
-        raise ConfigError(f"notify.digest: not a cron expression {expression!r}: {exc}") from exc
 
 
 def _backoff_base(config: Config) -> timedelta:
@@ -115,7 +104,7 @@ class _Runtime:
         providers: ProviderFactory,
     ) -> None:
         validate_notify_urls(config.notify)
-        self.digest_trigger = _digest_trigger(config)
+        self.digest_trigger = digest_trigger(config)
         self.config = config
         self.providers = list(providers(config))
         self.notifier = Notifier(

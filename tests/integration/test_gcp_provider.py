@@ -537,8 +537,3 @@ def test_the_probe_names_the_project_whose_permission_is_missing(fakes: Fakes) -
     config = fakes.provider(["proj-a", "proj-b"])._config
     with pytest.raises(AuthError, match=r"^project proj-b: monitoring.listTimeSeries: "):
         probe_credentials(config)
-
-
-def test_a_period_monitoring_cannot_align_to_is_a_config_error(fakes: Fakes) -> None:
-    with pytest.raises(ConfigError, match=r"^gcp.metrics.period: "):
-        fakes.provider(["proj-a"], gcp={"metrics": {"period": 30}})

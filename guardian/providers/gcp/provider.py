@@ -62,12 +62,6 @@ class GcpProvider:
     ) -> None:
         self._config = config
         self._gcp = config.gcp
-        if config.gcp.metrics.period < 60:
-            # Cloud Monitoring rejects shorter alignment periods; say so once, here, rather
-            # than leave every VM unmeasured with an API error each cycle.
-            raise ConfigError(
-                "gcp.metrics.period: Cloud Monitoring aligns series to 60 seconds or more"
-            )
         credentials, adc_project = resolve_credentials(config.gcp)
         self.credentials_description = _describe_credentials(credentials)
         projects = list(dict.fromkeys(config.gcp.projects)) or (
