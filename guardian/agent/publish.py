@@ -301,22 +301,24 @@ class CloudWatchSink:
 
 def _cloudwatch_client(region: str) -> Any:
     import boto3
-    from botocore.config import Config as BotoConfig
+
+    from guardian.providers.aws.clients import PATIENCE, boto_config
 
     # AWS_ENDPOINT_URL, if set, is honoured by boto3 itself: the one standard override.
     return boto3.client(
         "cloudwatch",
         region_name=region,
-        config=BotoConfig(
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=20,
-            user_agent_extra="gpu-guardian-agent",
-        ),
+        config=boto_config(PATIENCE["daemon"], user_agent_extra="gpu-guardian-agent"),
     )
 
 
 # -- Cloud Monitoring --------------------------------------------------------------------------
+
+
+def _gcp_timeout_s() -> float:
+    from guardian.providers.gcp.clients import PATIENCE
+
+    return PATIENCE["daemon"].connect_s + PATIENCE["daemon"].read_s
 
 
 class GcpMonitoringSink:
@@ -409,7 +411,7 @@ class GcpMonitoringSink:
                 client.create_time_series(
                     name=f"projects/{self.project}",
                     time_series=series[start : start + _GCP_MAX_SERIES],
-                    timeout=20,
+                    timeout=_gcp_timeout_s(),
                 )
         except Exception as exc:  # google.api_core errors of every kind: log, drop, go on
             if not self._failing:

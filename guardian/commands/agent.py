@@ -157,11 +157,11 @@ def own_provider(config: Config, cloud: str, region: str, account: str, **option
         from guardian.providers.aws.provider import AwsProvider
 
         aws = config.aws.model_copy(update={"enabled": True, "regions": [region], "accounts": []})
-        return AwsProvider(config.model_copy(update={"aws": aws}), **options)
+        return AwsProvider(config.model_copy(update={"aws": aws}), caller="daemon", **options)
     from guardian.providers.gcp.provider import GcpProvider
 
     gcp = config.gcp.model_copy(update={"enabled": True, "projects": [account]})
-    return GcpProvider(config.model_copy(update={"gcp": gcp}), **options)
+    return GcpProvider(config.model_copy(update={"gcp": gcp}), caller="daemon", **options)
 
 
 def run_agent(config: Config, *, backend: str | None, run_dir: RunDir, polls: int | None) -> None:

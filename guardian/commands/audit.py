@@ -9,9 +9,8 @@ from enum import StrEnum
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console, progress
 from guardian.config import Config, load_config
 from guardian.cycle import CycleResult, audit_cycle
 from guardian.errors import GuardianError
@@ -35,16 +34,9 @@ def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
     if not providers:
         raise GuardianError("no provider is enabled: set aws.enabled or gcp.enabled in the config")
     catalog = load_catalog(config.state_dir)
-    status_console = Console(stderr=True)
     try:
-        with status_console.status("auditing GPU instances…") as status:
-            return audit_cycle(
-                config,
-                providers,
-                catalog,
-                now or datetime.now(UTC),
-                progress=status.update,
-            )
+        with progress("auditing GPU instances…") as update:
+            return audit_cycle(config, providers, catalog, now or datetime.now(UTC), update)
     finally:
         for provider in providers:
             provider.close()
@@ -63,10 +55,7 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
     else:
         from guardian.report.table import print_audit
 
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=200)
-        print_audit(result, console)
+        print_audit(result, data_console())
 
 
 def audit(

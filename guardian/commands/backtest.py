@@ -29,7 +29,7 @@ from guardian.backtest.replay import (
     replay,
 )
 from guardian.backtest.trace import TraceDefaults, TraceSeries, summary
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console, progress
 from guardian.config import Config, load_config, masked_dump
 from guardian.durations import format_duration
 from guardian.errors import GuardianError
@@ -71,9 +71,9 @@ def _cloud_series(
     providers = build_providers(config.model_copy(update={"aws": aws, "gcp": gcp}))
     end = datetime.now(UTC)
     try:
-        with status.status(f"reading {days} day(s) of GPU history…") as spinner:
+        with progress(f"reading {days} day(s) of GPU history…") as update:
             history = history_from_providers(
-                providers, end - timedelta(days=days), end, progress=spinner.update
+                providers, end - timedelta(days=days), end, progress=update
             )
     finally:
         for provider in providers:
@@ -265,10 +265,7 @@ def backtest(  # typer calls commands with keyword arguments only
     if output is BacktestFormat.JSON:
         sys.stdout.write(json.dumps(_document(result, cfg, source, seconds), indent=2) + "\n")
         return
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    _table(result, source, max(0, top), console)
+    _table(result, source, top, data_console())
 
 
 def register(app: typer.Typer) -> None:

@@ -11,7 +11,7 @@ from typing import Annotated, Any
 
 import typer
 
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console
 from guardian.config import Config, load_config
 from guardian.durations import parse_duration
 from guardian.errors import GuardianError
@@ -127,12 +127,9 @@ def history(
 
 
 def _print_tables(actions: list[dict[str, Any]], notes: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = data_console()
     table = Table(title=f"Actions ({len(actions)})", title_justify="left")
     for column in ("time (UTC)", "instance", "action", "phase", "outcome", "detail"):
         table.add_column(column, overflow="fold")

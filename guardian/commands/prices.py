@@ -6,7 +6,6 @@ The table reuses ``pricing.assess``, so the premium shown here is the one the au
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -182,11 +181,11 @@ def _money(value: float | None) -> str:
 
 
 def _print_tables(sections: list[dict[str, Any]], config: Config) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    # Not a terminal (a pipe, a log): wide enough that no column is cut.
-    console = Console(width=None if sys.stdout.isatty() else 170)
+    from guardian.commands.common import data_console
+
+    console = data_console()  # not a terminal: COLUMNS, else wide enough that nothing is cut
     low, high = config.cost.rule_of_thumb
     for section in sections:
         heading = f"{section['provider']} {section['region']} · " + " + ".join(

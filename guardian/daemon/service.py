@@ -61,7 +61,7 @@ def _utcnow() -> datetime:
 def _default_providers(config: Config) -> Sequence[Provider]:
     from guardian.providers.factory import build_providers
 
-    return build_providers(config)
+    return build_providers(config, caller="daemon")
 
 
 def _default_catalog(state_dir: Path) -> PriceCatalog:
@@ -249,7 +249,7 @@ class Daemon:
             enabled = {"aws": config.aws.enabled, "gcp": config.gcp.enabled}
             for provider in (name for name, on in enabled.items() if on):
                 try:
-                    source = source_for(provider, config)
+                    source = source_for(provider, config, caller="daemon")
                     regions = default_regions(provider, config, config.state_dir)
                     report = refresh(source, regions, config.state_dir, self._clock())
                 except GuardianError as exc:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from guardian.config import Config
-from guardian.providers import Provider
+from guardian.providers import Caller, Provider
 
 __all__ = ["build_providers", "restrict_regions"]
 
@@ -18,14 +18,15 @@ def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
     return config.model_copy(update={"aws": aws})
 
 
-def build_providers(config: Config) -> list[Provider]:
+def build_providers(config: Config, caller: Caller = "interactive") -> list[Provider]:
+    """The enabled providers; ``caller`` sets how long their API calls may wait (``Patience``)."""
     providers: list[Provider] = []
     if config.aws.enabled:
         from guardian.providers.aws.provider import AwsProvider
 
-        providers.append(AwsProvider(config))
+        providers.append(AwsProvider(config, caller=caller))
     if config.gcp.enabled:
         from guardian.providers.gcp.provider import GcpProvider
 
-        providers.append(GcpProvider(config))
+        providers.append(GcpProvider(config, caller=caller))
     return providers

@@ -19,20 +19,21 @@ from typing import TYPE_CHECKING
 import boto3
 import structlog
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from guardian.config import Config
-from guardian.errors import AuthError, GuardianError
+from guardian.errors import AuthError
 from guardian.model import GpuInstance, GpuUtilisation
-from guardian.providers import Discovery, StopResult, UnitError
+from guardian.providers import Caller, Discovery, StopResult, UnitError
 from guardian.providers.aws.clients import (
+    PATIENCE,
     AccountAccess,
     AwsClients,
     CallCounter,
     account_from_role_arn,
 )
 from guardian.providers.aws.discovery import GpuTypeCatalog, discover_region
-from guardian.providers.aws.errors import map_aws_error
+from guardian.providers.aws.errors import is_expected, map_aws_error
 from guardian.providers.aws.limits import AwsLimits
 from guardian.providers.aws.metrics import (
     MetricNames,
@@ -123,7 +124,8 @@ class AwsProvider:
     ``session`` (tests, benchmarks) replaces the default boto3 session; its clients are made to
     parse epoch timestamps straight to UTC (the same instants, several times faster).
     ``catalog`` shares learned GPU types between providers; ``limits`` and ``client_config``
-    shrink the API limits and retries for tests.
+    shrink the API limits and retries for tests. ``caller`` picks the timeouts and retries
+    (``PATIENCE``): a person waits less than the daemon.
     """
 
     name = "aws"
@@ -136,12 +138,16 @@ class AwsProvider:
         catalog: GpuTypeCatalog | None = None,
         limits: AwsLimits | None = None,
         client_config: BotoConfig | None = None,
+        caller: Caller = "interactive",
     ) -> None:
         self._config = config
         self._limits = limits or AwsLimits()
         self._catalog = catalog or GpuTypeCatalog(limits=self._limits)
         self._clients = AwsClients(
-            session, home_region=_home_region(config), client_config=client_config
+            session,
+            home_region=_home_region(config),
+            client_config=client_config,
+            patience=PATIENCE[caller],
         )
         metrics = config.aws.metrics
         self._names = MetricNames(
@@ -389,7 +395,7 @@ class AwsProvider:
     ) -> UnitError:
         service = operation.split(":", 1)[0]
         error = map_aws_error(exc, operation=_operation(exc, service, operation))
-        if not isinstance(exc, GuardianError | BotoCoreError | ClientError):
+        if not is_expected(exc):
             log.exception("aws_unit_crashed", account=account, region=region)
         return UnitError("aws", account, region, error.operation or operation, str(error))
 
@@ -400,7 +406,9 @@ def probe_credentials(config: Config, *, session: boto3.Session | None = None) -
     ``arn:aws:iam::123456789012:user/me (account 123456789012)``; raises ``AuthError`` and
     friends with a one-line message (``guardian check-config --probe`` prints it).
     """
-    clients = AwsClients(session, home_region=_home_region(config))
+    clients = AwsClients(
+        session, home_region=_home_region(config), patience=PATIENCE["interactive"]
+    )
     operation = "sts:GetCallerIdentity"
     try:
         arn, account = clients.default_identity()

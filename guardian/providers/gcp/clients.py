@@ -16,17 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from guardian.config import GcpConfig
 from guardian.errors import ConfigError
+from guardian.providers import Caller, Patience
 from guardian.providers.gcp.errors import map_google_error, missing_adc_error
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
+    "PATIENCE",
     "Endpoint",
     "GcpClients",
     "parse_endpoint",
@@ -34,6 +37,26 @@ __all__ = [
 ]
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+Api = Literal["compute", "monitoring", "billing"]
+DEFAULT_HOSTS: Mapping[Api, str] = MappingProxyType(
+    {
+        "compute": "compute.googleapis.com",
+        "monitoring": "monitoring.googleapis.com",
+        "billing": "cloudbilling.googleapis.com",
+    }
+)
+
+# How long Google API calls wait, per caller: the only place these numbers live (docs/gcp.md).
+# Each call (one page) gets connect_s + read_s as its deadline, and the retries of transient
+# errors (503, 429, a deadline) stop after ``attempts`` such deadlines.
+PATIENCE: Mapping[Caller, Patience] = MappingProxyType(
+    {
+        # A person waits: a silent endpoint is named in about half a minute, not minutes.
+        "interactive": Patience(connect_s=3.0, read_s=10.0, attempts=2),
+        # The daemon and the agent may wait out a slow minute; the next cycle comes anyway.
+        "daemon": Patience(connect_s=10.0, read_s=30.0, attempts=3),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -159,6 +182,13 @@ class GcpClients:
         return client_class(
             credentials=self._credentials, client_options={"api_endpoint": endpoint.host}
         )
+
+    def endpoint(self, api: Api) -> str:
+        """Where calls to ``api`` go, for a message that names an endpoint that did not answer."""
+        configured = {"compute": self._compute, "monitoring": self._monitoring}.get(
+            api, self._billing
+        )
+        return configured.host if configured is not None else DEFAULT_HOSTS[api]
 
     def _get(self, name: str, build: Callable[[], Any]) -> Any:
         # Projects are served from pool threads; each client is built once and then shared.

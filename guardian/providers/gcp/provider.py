@@ -22,10 +22,10 @@ from typing import Any
 import structlog
 
 from guardian.config import Config
-from guardian.errors import ConfigError
+from guardian.errors import ConfigError, ProviderError, Unavailable
 from guardian.model import GpuInstance, GpuUtilisation
-from guardian.providers import Discovery, StopResult, UnitError
-from guardian.providers.gcp.clients import GcpClients, resolve_credentials
+from guardian.providers import Caller, Discovery, Patience, StopResult, UnitError
+from guardian.providers.gcp.clients import PATIENCE, Api, GcpClients, resolve_credentials
 from guardian.providers.gcp.discovery import (
     AcceleratorSpec,
     MachineTypeAccelerators,
@@ -55,7 +55,8 @@ class GcpProvider:
         self,
         config: Config,
         *,
-        api_deadline_s: float = 60.0,
+        caller: Caller = "interactive",
+        patience: Patience | None = None,
         stop_timeout_s: float = 300.0,
         max_workers: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -74,7 +75,7 @@ class GcpProvider:
         self.projects: tuple[str, ...] = tuple(projects)
         self._clients = GcpClients(config.gcp, credentials)
         self._machine_types = MachineTypeAccelerators(clock)
-        self._api_deadline_s = api_deadline_s
+        self._patience = patience or PATIENCE[caller]
         self._stop_timeout_s = stop_timeout_s
         self._max_workers = max(1, max_workers)
         self._calls: Counter[str] = Counter()
@@ -104,12 +105,24 @@ class GcpProvider:
                 exceptions.TooManyRequests,
                 exceptions.InternalServerError,
             ),
-            timeout=self._api_deadline_s,
+            timeout=self._patience.attempts * self._call_timeout_s,
         )
 
     @property
     def _call_timeout_s(self) -> float:
-        return min(30.0, self._api_deadline_s)
+        """One call's deadline (gRPC) or socket timeout (REST): connecting and answering."""
+        return self._patience.connect_s + self._patience.read_s
+
+    def _unit_failure(self, exc: BaseException, operation: str, api: Api) -> ProviderError:
+        """The mapped error; one that is an outage names the endpoint that did not answer."""
+        error = map_google_error(exc, operation)
+        if isinstance(error, Unavailable):
+            return Unavailable(
+                f"{error} (endpoint {self._clients.endpoint(api)})",
+                provider="gcp",
+                operation=error.operation,
+            )
+        return error
 
     # --- discovery -----------------------------------------------------------------------
 
@@ -160,7 +173,7 @@ class GcpProvider:
             try:
                 listing = future.result()
             except Exception as exc:  # one project's failure never stops the others
-                error = map_google_error(exc, "instances.aggregatedList")
+                error = self._unit_failure(exc, "instances.aggregatedList", "compute")
                 log.warning("gcp_discovery_failed", project=project, error=str(error))
                 errors.append(UnitError("gcp", project, "global", error.operation, str(error)))
                 calls["compute.instances.aggregatedList"] += 1
@@ -225,7 +238,7 @@ class GcpProvider:
                 try:
                     results[job] = future.result()
                 except Exception as raised:  # the project's VMs become unmeasured, no more
-                    exc = map_google_error(raised, "monitoring.listTimeSeries")
+                    exc = self._unit_failure(raised, "monitoring.listTimeSeries", "monitoring")
                     log.warning("gcp_metrics_failed", project=job[0], metric=job[1], error=str(exc))
                     results[job] = exc
         period = self._gcp.metrics.period
@@ -344,7 +357,8 @@ def probe_credentials(config: Config) -> str:
     from guardian.providers.gcp.discovery import INSTANCE_FILTER
     from guardian.providers.gcp.metrics import build_request
 
-    provider = GcpProvider(config, api_deadline_s=20.0)
+    provider = GcpProvider(config, caller="interactive")
+    timeout = provider._call_timeout_s
     clients = provider._clients
     end = datetime.now(UTC)
     start = end - timedelta(minutes=10)
@@ -355,7 +369,7 @@ def probe_credentials(config: Config) -> str:
                 request = compute_v1.AggregatedListInstancesRequest(
                     project=project, filter=INSTANCE_FILTER, max_results=1
                 )
-                pager = clients.instances().aggregated_list(request=request, timeout=20.0)
+                pager = clients.instances().aggregated_list(request=request, timeout=timeout)
                 next(iter(pager.pages), None)
                 operation = "monitoring.listTimeSeries"
                 query = build_request(
@@ -363,11 +377,12 @@ def probe_credentials(config: Config) -> str:
                 )
                 query.page_size = 1
                 next(
-                    iter(clients.metrics().list_time_series(request=query, timeout=20.0).pages),
+                    iter(clients.metrics().list_time_series(request=query, timeout=timeout).pages),
                     None,
                 )
             except Exception as exc:
-                error = map_google_error(exc, operation)
+                api: Api = "compute" if operation.startswith("instances") else "monitoring"
+                error = provider._unit_failure(exc, operation, api)
                 raise type(error)(
                     f"project {project}: {error}", provider="gcp", operation=operation
                 ) from exc
