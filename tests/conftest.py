@@ -13,7 +13,8 @@ told to answer one operation with an AWS error, as a region denied by an SCP wou
 tests: moto's DescribeInstanceTypes answers 1,400 types in one page in 3-4 s.
 
 ``GUARDIAN_POLL_FLOOR=1s`` for the whole run (and the ``guardian`` subprocesses it starts): the
-daemon's tests poll a simulated cloud every second or two, which a real config may not.
+daemon's tests poll a simulated cloud every second or two, which a real config may not. No
+``COLUMNS``: a piped table is 200 wide unless a test says otherwise.
 """
 
 from __future__ import annotations
@@ -34,6 +35,9 @@ if TYPE_CHECKING:
     from guardian.providers.aws.discovery import GpuTypeCatalog
 
 os.environ["GUARDIAN_POLL_FLOOR"] = "1s"
+# Piped tables take their width from COLUMNS, which some runners set (pytest-xdist's workers
+# do): tests that care about the width set it themselves.
+os.environ.pop("COLUMNS", None)
 
 
 @dataclass(frozen=True)

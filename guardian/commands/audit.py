@@ -16,7 +16,7 @@ from guardian.cycle import CycleResult, audit_cycle
 from guardian.errors import GuardianError
 from guardian.model import Verdict
 
-__all__ = ["OutputFormat", "emit", "register", "run_audit"]
+__all__ = ["OutputFormat", "WideOption", "emit", "register", "run_audit"]
 
 
 class OutputFormat(StrEnum):
@@ -42,7 +42,12 @@ def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
             provider.close()
 
 
-def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
+WideOption = Annotated[
+    bool, typer.Option("--wide", help="Table: every column, however wide the terminal.")
+]
+
+
+def emit(result: CycleResult, config: Config, fmt: OutputFormat, *, wide: bool = False) -> None:
     """Data on stdout. A unit that failed was already logged on stderr by the cycle (one
     ``discovery_failed`` line naming it) and is listed under ``errors`` in the JSON."""
     from guardian.report.document import findings_csv, findings_json
@@ -55,10 +60,11 @@ def emit(result: CycleResult, config: Config, fmt: OutputFormat) -> None:
     else:
         from guardian.report.table import print_audit
 
-        print_audit(result, data_console())
+        print_audit(result, data_console(), wide=wide)
 
 
-def audit(
+def audit(  # typer calls commands with keyword arguments only
+    *,
     config: ConfigOption = None,
     region: Annotated[
         list[str] | None,
@@ -71,6 +77,7 @@ def audit(
         bool, typer.Option("--exit-code", help="Exit 1 when any instance is idle.")
     ] = False,
     overrides: SetOption = None,
+    wide: WideOption = False,
 ) -> None:
     """Audit every running GPU instance once: utilisation, cost, CPU equivalent, verdict."""
     from guardian.providers.factory import restrict_regions
@@ -84,7 +91,7 @@ def audit(
         result = CycleResult(result.generated_at, kept, result.errors)
     if result.nothing_audited:
         raise GuardianError(result.failure_line())
-    emit(result, cfg, output)
+    emit(result, cfg, output, wide=wide)
     if exit_code and any(f.decision.verdict is Verdict.IDLE for f in result.findings):
         raise typer.Exit(1)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -132,30 +133,69 @@ def _order(outcome: InstanceOutcome) -> tuple[int, float, str]:
     return (-outcome.interrupted, -outcome.idle_tail_hours, outcome.instance_id)
 
 
+def _cells(outcome: InstanceOutcome) -> dict[str, str]:
+    stop_after = "—"
+    if outcome.stopped_at is not None:
+        stop_after = _hours((outcome.stopped_at - outcome.started_at).total_seconds() / 3600)
+    return {
+        "instance": outcome.instance_id,
+        "type": outcome.instance_type or "—",
+        "hours": _hours(outcome.hours),
+        "idle\ntail h": _hours(outcome.idle_tail_hours),
+        "stop\nafter h": stop_after,
+        "reclaimed\nh": _hours(outcome.reclaimed_hours),
+        "inter-\nrupted": "yes" if outcome.interrupted else "",
+        "saved": "—" if outcome.saved_usd is None else f"${outcome.saved_usd:,.2f}",
+        "why stopped": outcome.stop_reasons[0] if outcome.stop_reasons else "",
+    }
+
+
+# Never cut at any width (the instance id may fold onto a second line); the rest join as the
+# width allows, in this order.
+_ESSENTIAL = ("instance", "hours", "idle\ntail h", "stop\nafter h", "inter-\nrupted", "saved")
+_OPTIONAL = ("type", "reclaimed\nh", "why stopped")
+_ORDER: tuple[str, ...] = ("instance", "type", "hours", "idle\ntail h", "stop\nafter h")
+_ORDER += ("reclaimed\nh", "inter-\nrupted", "saved", "why stopped")
+
+
 def _table(result: BacktestResult, source: str, top: int, console: Console) -> None:
+    from guardian.report.table import fit_columns
+
+    shown = sorted(result.outcomes, key=_order)[: max(0, top)]
+    rows = [_cells(outcome) for outcome in shown]
+
+    def widest(column: str, measure: Callable[[str], int] = len) -> int:
+        lines = [*column.split("\n"), *(row[column] for row in rows)]
+        return max(measure(line) for line in lines)
+
+    def longest_word(text: str) -> int:
+        return max((len(word) for word in text.split()), default=0)
+
+    used = 2 + 3 + sum(widest(c) + 3 for c in _ESSENTIAL if c != "instance")
+    # The id takes what the other essential columns leave; a longer one folds onto a second line.
+    instance = max(16, min(widest("instance"), console.width - used))
+    # A reason folded narrower than 30 characters reads worse than none: json has them all.
+    optional = [(c, widest(c), widest(c, longest_word)) for c in _OPTIONAL[:-1]]
+    optional.append(("why stopped", widest("why stopped"), min(30, widest("why stopped"))))
+    extra, _ = fit_columns(console.width, used + instance, optional)
+    columns = [c for c in _ORDER if c in _ESSENTIAL or c in extra]
     table = Table(box=box.SIMPLE_HEAD, title=f"backtest: {source}", title_justify="left")
-    for column in ("instance", "type", "hours", "idle tail h", "stop after h", "reclaimed h"):
-        table.add_column(column, justify="left" if column in ("instance", "type") else "right")
-    table.add_column("interrupted", justify="right")
-    table.add_column("saved", justify="right")
-    table.add_column("why stopped")
-    shown = sorted(result.outcomes, key=_order)[:top]
-    for outcome in shown:
-        stop_after = "—"
-        if outcome.stopped_at is not None:
-            stop_after = _hours((outcome.stopped_at - outcome.started_at).total_seconds() / 3600)
-        table.add_row(
-            escape(outcome.instance_id),
-            escape(outcome.instance_type) or "—",
-            _hours(outcome.hours),
-            _hours(outcome.idle_tail_hours),
-            stop_after,
-            _hours(outcome.reclaimed_hours),
-            "[bold red]yes[/]" if outcome.interrupted else "",
-            "—" if outcome.saved_usd is None else f"${outcome.saved_usd:,.2f}",
-            escape(outcome.stop_reasons[0]) if outcome.stop_reasons else "",
-        )
+    for column in columns:
+        if column == "instance":
+            table.add_column(column, overflow="fold", width=instance)
+        elif column in _ESSENTIAL:
+            table.add_column(column, justify="left" if column == "type" else "right", no_wrap=True)
+        else:
+            table.add_column(column, justify="right" if column.endswith("h") else "left")
+    for row in rows:
+        cells = [escape(row[c]) for c in columns]
+        if "inter-\nrupted" in columns and row["inter-\nrupted"]:
+            cells[columns.index("inter-\nrupted")] = "[bold red]yes[/]"
+        table.add_row(*cells)
     console.print(table)
+    left_out = [c.split("\n")[0] for c in _OPTIONAL if c not in extra]
+    if left_out:
+        console.print(f"Not shown at this width: {', '.join(left_out)} (--format json has all).")
     hidden = len(result.outcomes) - len(shown)
     if hidden > 0:
         console.print(f"… {hidden} more instance(s): --top N or --format json shows them")

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from guardian.commands.audit import OutputFormat, emit, run_audit
+from guardian.commands.audit import OutputFormat, WideOption, emit, run_audit
 
 __all__ = ["register"]
 
@@ -28,6 +28,7 @@ def demo(
             "other guardian commands at it (Ctrl-C ends it).",
         ),
     ] = False,
+    wide: WideOption = False,
 ) -> None:
     """Seed a simulated cloud with a believable GPU fleet and audit it."""
     from guardian.simulated.demo_fleet import simulated_cloud
@@ -43,7 +44,7 @@ def demo(
             f"lookback {int(cloud.config.cost.lookback.total_seconds() // 3600)} h[/]"
         )
         result = run_audit(cloud.config)
-        emit(result, cloud.config, output)
+        emit(result, cloud.config, output, wide=wide)
         note.print(f"[dim]demo finished in {time.monotonic() - started:.1f} s[/]")
         if serve:
             config_path = Path(state) / "guardian.yaml"
