@@ -147,3 +147,72 @@ def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Pat
     assert len(errors) == 1
     assert "no AWS credentials found" in errors[0]
     assert "Traceback" not in result.stderr
+
+
+# ---- a user's mistake is one line, never a traceback or a box (issue 12) ------------------
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "╭" not in result.stderr  # no box drawn around it
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("guardian: error: ")
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("check-config", "--config", "."), "cannot read config file .: Is a directory"),
+        (("audit", "--bogus"), "No such option: --bogus (see guardian audit --help)"),
+        (("backtest", "--synthetic", "--top", "x"), "Invalid value for '--top'"),
+        (("backtest", "--trace", "."), "is a directory"),
+    ],
+)
+def test_command_line_mistakes_are_one_line(args: tuple[str, ...], message: str) -> None:
+    assert message in one_error_line(run(*args))
+
+
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes("mode: notify\n# café\n".encode("latin-1"))
+    line = one_error_line(run("check-config", "--config", str(config)))
+    assert line == f"guardian: error: {config} line 2: not UTF-8 text (byte 0xe9); save it as UTF-8"
+
+
+@pytest.mark.parametrize("state_url", ["notaurl", "sqlite:///{tmp}/garbage.db"])
+def test_a_state_database_that_is_not_one_is_one_line(tmp_path: Path, state_url: str) -> None:
+    (tmp_path / "garbage.db").write_text("not a database at all\n" * 100)
+    config = tmp_path / "guardian.yaml"
+    config.write_text(f"state_url: {state_url.format(tmp=tmp_path)}\n")
+    for command in ("check-config", "history"):
+        result = run(command, "--config", str(config))
+        if command == "check-config" and state_url.startswith("sqlite"):
+            assert result.returncode == 0  # a well-formed URL: only opening it tells
+            continue
+        line = one_error_line(result)
+        assert "state_url: not a database URL" in line or "file is not a database" in line
+
+
+def test_global_options_are_accepted_after_the_command() -> None:
+    result = run("check-config", "--log-level", "debug", "--log-format=json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("# config OK")
+
+
+@pytest.mark.parametrize(
+    ("argv", "hoisted"),
+    [
+        ("audit --log-level debug -f json", "--log-level debug audit -f json"),
+        ("--log-level debug audit", "--log-level debug audit"),
+        ("--log-level debug audit --log-format json", "--log-level debug --log-format json audit"),
+        ("agent keep --log-format=json 2h", "--log-format=json agent keep 2h"),
+        ("audit --set idle.window=2h -- --log-level", "audit --set idle.window=2h -- --log-level"),
+    ],
+)
+def test_hoisting_global_options(argv: str, hoisted: str) -> None:
+    from guardian.cli import hoist_global_options
+
+    assert hoist_global_options(argv.split()) == hoisted.split()
