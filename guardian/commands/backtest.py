@@ -268,7 +268,9 @@ def backtest(  # typer calls commands with keyword arguments only
     output: Annotated[
         BacktestFormat, typer.Option("--format", "-f", help="table or json.")
     ] = BacktestFormat.TABLE,
-    top: Annotated[int, typer.Option("--top", help="Instances shown in the table.")] = 25,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="Instances shown in the table (0: totals only).")
+    ] = 25,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:

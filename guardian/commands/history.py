@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -13,10 +13,12 @@ import typer
 
 from guardian.commands.common import ConfigOption, SetOption, data_console
 from guardian.config import Config, load_config
-from guardian.durations import parse_duration
+from guardian.durations import format_duration, parse_duration
 from guardian.errors import GuardianError
 
 __all__ = ["register"]
+
+MAX_SINCE = timedelta(days=3650)  # ten years: more than any state database holds
 
 
 class HistoryFormat(StrEnum):
@@ -70,6 +72,8 @@ def history(
         window = parse_duration(since)
     except ValueError as exc:
         raise GuardianError(f"--since: {exc}") from exc
+    if window > MAX_SINCE:
+        raise GuardianError(f"--since: at most {format_duration(MAX_SINCE)} (the state's history)")
     cfg, _path = load_config(config, overrides or ())
     now = datetime.now(UTC)
     store = _open_store(cfg)

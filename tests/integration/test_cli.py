@@ -168,6 +168,8 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
         (("check-config", "--config", "."), "cannot read config file .: Is a directory"),
         (("audit", "--bogus"), "No such option: --bogus (see guardian audit --help)"),
         (("backtest", "--synthetic", "--top", "x"), "Invalid value for '--top'"),
+        (("backtest", "--synthetic", "--top", "-3"), "'--top': Input should be greater than or"),
+        (("history", "--since", "100000d"), "--since: at most 3650d"),
         (("backtest", "--trace", "."), "is a directory"),
     ],
 )
