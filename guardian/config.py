@@ -36,6 +36,7 @@ __all__ = [
     "Mode",
     "apply_overrides",
     "find_config_file",
+    "is_aws_region",
     "load_config",
     "mask_secret_url",
     "masked_dump",
@@ -95,8 +96,13 @@ def _region_list(value: Any) -> Any:
     return value
 
 
+def is_aws_region(name: str) -> bool:
+    """``us-east-1`` is an AWS region name; ``us-central1`` (GCP) is not."""
+    return bool(_REGION.match(name))
+
+
 def _region_name(value: str) -> str:
-    if not _REGION.match(value):
+    if not is_aws_region(value):
         raise ValueError(f"{value!r} is not an AWS region name (like us-east-1)")
     return value
 

@@ -260,7 +260,16 @@ def keep(
         where.write_keep(until)
     except OSError as exc:
         raise GuardianError(f"cannot write {where.keep_path}: {exc.strerror or exc}") from exc
-    typer.echo(f"autostop postponed until {until:%Y-%m-%d %H:%M} UTC ({format_duration(delta)})")
+    when = f"{until:%Y-%m-%d %H:%M} UTC ({format_duration(delta)})"
+    status = where.read_status() or {}
+    autostop = (status.get("agent") or {}).get("autostop")
+    if autostop:
+        typer.echo(f"autostop postponed until {when}")
+    elif autostop is None:
+        typer.echo(f"kept until {when}; no agent is running here now (it applies when one starts)")
+    else:
+        # Nothing was about to stop this machine: say so rather than claim a postponement.
+        typer.echo(f"kept until {when}; this agent's autostop is off, so it only reports")
 
 
 @agent_app.command("status")

@@ -68,7 +68,11 @@ def audit(  # typer calls commands with keyword arguments only
     config: ConfigOption = None,
     region: Annotated[
         list[str] | None,
-        typer.Option("--region", "-r", help="Only this AWS region (repeatable); GCP VMs filtered."),
+        typer.Option(
+            "--region",
+            "-r",
+            help="Only this region (repeatable): AWS like us-east-1, GCP like us-central1.",
+        ),
     ] = None,
     output: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
@@ -83,7 +87,15 @@ def audit(  # typer calls commands with keyword arguments only
     from guardian.providers.factory import restrict_regions
 
     cfg, _path = load_config(config, overrides or ())
-    cfg = restrict_regions(cfg, region or ())
+    narrowed = restrict_regions(cfg, region or ())
+    if region and not (narrowed.aws.enabled or narrowed.gcp.enabled):
+        enabled = [name for name, on in (("AWS", cfg.aws.enabled), ("GCP", cfg.gcp.enabled)) if on]
+        raise GuardianError(
+            f"--region {', '.join(region)}: not a region of an enabled cloud "
+            f"({' and '.join(enabled) or 'none'} enabled; AWS regions look like us-east-1, "
+            "GCP regions like us-central1)"
+        )
+    cfg = narrowed
     result = run_audit(cfg)
     if region:
         wanted = set(region)

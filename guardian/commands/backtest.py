@@ -89,6 +89,14 @@ def _cloud_series(
         status.print(f"[yellow]skipped[/] {key}: {why}", highlight=False)
     for key, why in history.partial:
         status.print(f"[yellow]partial[/] {key}: {why}", highlight=False)
+    if not history.series and history.errors:
+        # Nothing could be read: the cause (credentials, a denied call) is the message.
+        first = history.errors[0]
+        more = f" (and {len(history.errors) - 1} more)" if len(history.errors) > 1 else ""
+        raise GuardianError(
+            f"no GPU history could be read from {cloud}: {first.provider} {first.region}: "
+            f"{first.message}{more}"
+        )
     if not history.series:
         raise GuardianError(f"no GPU history to replay from {cloud} over the last {days} day(s)")
     source = "CloudWatch" if cloud == "aws" else "Cloud Monitoring"

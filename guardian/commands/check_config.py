@@ -39,7 +39,8 @@ def check_config(
         if not enabled:
             continue
         # Each provider module imports its SDK: only the enabled ones are loaded.
-        probe_credentials = importlib.import_module(f"guardian.providers.{name}").probe_credentials
+        module = importlib.import_module(f"guardian.providers.{name}.provider")
+        probe_credentials = module.probe_credentials
         try:
             typer.echo(f"# {name}: credentials OK: {probe_credentials(cfg)}")
         except GuardianError as exc:

@@ -215,7 +215,8 @@ class Enforcer:
                 reason="; ".join(finding.decision.reasons),
                 episode_id=episode.id,
             )
-            self._alert(tx, cyc, resumed_message(finding), f"resumed:{episode.id}", inst)
+            message = resumed_message(finding, dry_run=self._config.dry_run)
+            self._alert(tx, cyc, message, f"resumed:{episode.id}", inst)
         cyc.summary.resumed += 1
         log.info("instance_resumed", verdict=verdict.value)
 
@@ -285,7 +286,7 @@ class Enforcer:
                 episode.id, blocked_reason=reason, stop_state="blocked" if permanent else None
             )
             if permanent:
-                message = not_stopped_message(finding, text)
+                message = not_stopped_message(finding, text, dry_run=self._config.dry_run)
                 self._alert(tx, cyc, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1
 

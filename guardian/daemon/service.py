@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import structlog
 
-from guardian.config import Config, load_config
+from guardian.config import Config, Mode, load_config
 from guardian.cycle import CycleResult, audit_cycle
 from guardian.daemon import sdnotify
 from guardian.daemon.enforce import Enforcer, EnforceSummary
@@ -104,6 +104,13 @@ class _Runtime:
         providers: ProviderFactory,
     ) -> None:
         validate_notify_urls(config.notify)
+        if config.mode is not Mode.AUDIT and not config.notify.urls:
+            # Without a channel, alerts are queued and recorded but reach nobody: say so.
+            log.warning(
+                "alerts_go_nowhere",
+                mode=config.mode.value,
+                hint="set notify.urls (apprise URLs); guardian history still shows them",
+            )
         self.digest_trigger = digest_trigger(config)
         self.config = config
         self.providers = list(providers(config))

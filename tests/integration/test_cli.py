@@ -170,6 +170,7 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
         (("backtest", "--synthetic", "--top", "x"), "Invalid value for '--top'"),
         (("backtest", "--synthetic", "--top", "-3"), "'--top': Input should be greater than or"),
         (("history", "--since", "100000d"), "--since: at most 3650d"),
+        (("audit", "--region", "us-central1"), "--region us-central1: not a region of an enabled"),
         (("backtest", "--trace", "."), "is a directory"),
     ],
 )
@@ -218,3 +219,18 @@ def test_hoisting_global_options(argv: str, hoisted: str) -> None:
     from guardian.cli import hoist_global_options
 
     assert hoist_global_options(argv.split()) == hoisted.split()
+
+
+def test_region_flags_go_to_the_cloud_they_name() -> None:
+    # `--region us-central1` used to be sent to EC2 as well (issue 12).
+    from guardian.config import Config
+    from guardian.providers.factory import restrict_regions
+
+    both = Config.model_validate({"gcp": {"enabled": True, "projects": ["p"]}})
+    gcp_only = restrict_regions(both, ["us-central1"])
+    assert (gcp_only.aws.enabled, gcp_only.gcp.enabled) == (False, True)
+    aws_only = restrict_regions(both, ["eu-west-1", "us-east-1"])
+    assert (aws_only.aws.enabled, aws_only.gcp.enabled) == (True, False)
+    assert aws_only.aws.regions == ["eu-west-1", "us-east-1"]
+    mixed = restrict_regions(both, ["us-east-1", "us-central1"])
+    assert (mixed.aws.regions, mixed.gcp.enabled) == (["us-east-1"], True)

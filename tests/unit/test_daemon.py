@@ -265,3 +265,20 @@ def test_weekly_price_refresh_calls_the_refresher_and_survives_its_failure(
     daemon.close()
     (report,) = [e for e in logs if e["event"] == "prices_refreshed"]
     assert (report["provider"], report["failures"]) == ("aws", 1)
+
+
+@pytest.mark.parametrize(("mode", "urls", "warned"), [("notify", [], True), ("audit", [], False)])
+def test_alerts_with_nowhere_to_go_are_said_at_start(
+    tmp_path: Path, mode: str, urls: list[str], warned: bool
+) -> None:
+    with capture_logs() as logs:
+        daemon = daemon_for(tmp_path, Fleet(), mode=mode, notify={"urls": urls})
+    daemon.close()
+    assert ("alerts_go_nowhere" in [e["event"] for e in logs]) is warned
+
+
+def test_alerts_with_a_channel_raise_no_warning(tmp_path: Path, http: HttpReceiver) -> None:
+    with capture_logs() as logs:
+        daemon = daemon_for(tmp_path, Fleet(), notify={"urls": [http.url()]})
+    daemon.close()
+    assert "alerts_go_nowhere" not in [e["event"] for e in logs]

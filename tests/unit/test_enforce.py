@@ -457,3 +457,19 @@ def test_only_an_error_that_could_hide_the_instance_keeps_its_episode(tmp_path: 
     world.cycle(NOW + timedelta(minutes=2))
     with world.store.reader() as tx:
         assert tx.open_episodes() == {}
+
+
+def test_a_dry_run_not_stopped_alert_says_dry_run(tmp_path: Path) -> None:
+    from guardian.daemon.messages import Message
+
+    spot = make_instance("i-spot", spot_one_time=True)
+    world = World(tmp_path, config(dry_run=True), [spot])
+    for minutes in (0, 15, 20):
+        world.cycle(NOW + timedelta(minutes=minutes))
+    with world.store.reader() as tx:
+        titles = {
+            row.kind: Message.from_json(row.message).plain_title()
+            for row in tx.notifications_since(NOW - timedelta(days=1))
+        }
+    assert set(titles) == {"warning", "not_stopped"}
+    assert all(title.startswith("[dry run] ") for title in titles.values()), titles

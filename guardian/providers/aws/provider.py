@@ -47,6 +47,7 @@ from guardian.providers.aws.metrics import (
     queries_per_call,
     reduce_instance,
 )
+from guardian.providers.aws.type_cache import TypeCacheFile
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -125,7 +126,8 @@ class AwsProvider:
     parse epoch timestamps straight to UTC (the same instants, several times faster).
     ``catalog`` shares learned GPU types between providers; ``limits`` and ``client_config``
     shrink the API limits and retries for tests. ``caller`` picks the timeouts and retries
-    (``PATIENCE``): a person waits less than the daemon.
+    (``PATIENCE``): a person waits less than the daemon. ``keep_types_on_disk`` keeps the
+    instance-type catalog in ``state_dir`` for a day, so the next audit skips its listing.
     """
 
     name = "aws"
@@ -139,10 +141,12 @@ class AwsProvider:
         limits: AwsLimits | None = None,
         client_config: BotoConfig | None = None,
         caller: Caller = "interactive",
+        keep_types_on_disk: bool = False,
     ) -> None:
         self._config = config
         self._limits = limits or AwsLimits()
-        self._catalog = catalog or GpuTypeCatalog(limits=self._limits)
+        disk = TypeCacheFile(config.state_dir) if keep_types_on_disk else None
+        self._catalog = catalog or GpuTypeCatalog(limits=self._limits, disk=disk)
         self._clients = AwsClients(
             session,
             home_region=_home_region(config),
@@ -204,7 +208,7 @@ class AwsProvider:
     def _discover_unit(
         self, access: AccountAccess, region: str, ec2: EC2Client
     ) -> list[GpuInstance]:
-        gpu_types = self._catalog.gpu_types(ec2, region)
+        gpu_types = self._catalog.gpu_types(ec2, region, access.account_id)
         return discover_region(
             ec2,
             account=access.account_id,

@@ -15,6 +15,7 @@ The Google libraries are imported inside the functions so importing this module 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from guardian.config import GcpConfig
-from guardian.errors import ConfigError
+from guardian.errors import AuthError, ConfigError
 from guardian.providers import Caller, Patience
 from guardian.providers.gcp.errors import map_google_error, missing_adc_error
 
@@ -95,6 +96,16 @@ def resolve_credentials(config: GcpConfig) -> tuple[Any, str | None]:
     try:
         credentials, project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
     except DefaultCredentialsError as exc:
+        key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if key_file:
+            # The variable is set: what is wrong is the file it names, not a missing setup.
+            reason = exc.args[0] if exc.args else str(exc)
+            raise AuthError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={key_file}: {reason} (a service-account key "
+                "file, or unset it to use `gcloud auth application-default login`)",
+                provider="gcp",
+                operation="credentials",
+            ) from exc
         raise missing_adc_error() from exc
     except GoogleAuthError as exc:
         raise map_google_error(exc, "credentials") from exc
