@@ -7,7 +7,6 @@ line naming the key path (``idle.window: not a duration: 'soon'``).
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable, Mapping
 from datetime import timedelta
 from enum import StrEnum
@@ -27,6 +26,15 @@ from pydantic import (
     field_validator,
 )
 
+from guardian.bounds import (
+    database_url,
+    is_aws_region,
+    listen_address,
+    region_list,
+    region_name,
+    role_arn,
+    within,
+)
 from guardian.durations import format_duration, parse_duration
 from guardian.errors import ConfigError
 
@@ -57,60 +65,6 @@ Duration = Annotated[
 # `guardian run` polls at least this far apart, unless GUARDIAN_POLL_FLOOR lowers the floor for a
 # simulated cloud (the end-to-end tests poll every 2 s; a real cloud bills every poll).
 POLL_FLOOR = "1m"
-
-
-def within(low: float | str, high: float | str, why: str) -> AfterValidator:
-    """Bound a number or a duration to ``[low, high]``; ``why`` is the one-line reason an error
-    gives. Every number and duration in the config has one, so a typo cannot turn a threshold
-    into nonsense (``poll_interval: 0s`` polled back to back, billing each call)::
-
-        grace: Annotated[Duration, within("0s", "7d", "a warning must come before a stop")]
-        max_stops: Annotated[int, within(0, 1000, "0 = never stop")] = 5
-
-    Durations take their bounds as duration strings, numbers as numbers; both inclusive.
-    """
-
-    def check(value: Any) -> Any:
-        bounds: tuple[Any, Any] = (low, high)
-        shown: Any = "{:g}".format
-        if isinstance(value, timedelta):
-            bounds, shown = (parse_duration(low), parse_duration(high)), format_duration
-        if not bounds[0] <= value <= bounds[1]:
-            raise ValueError(
-                f"{shown(value)} is not between {shown(bounds[0])} and {shown(bounds[1])}: {why}"
-            )
-        return value
-
-    return AfterValidator(check)
-
-
-_REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, us-gov-west-1, ap-southeast-5
-_ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
-_STATE_URL = re.compile(r"^(sqlite|postgresql)(\+\w+)?://")
-
-
-def _region_list(value: Any) -> Any:
-    """``aws.regions``: a list, or "all"; a bare region name says how to write it."""
-    if isinstance(value, str) and value != "all":
-        raise ValueError(f'a list of regions such as [{value}], or "all"; got the text {value!r}')
-    return value
-
-
-def is_aws_region(name: str) -> bool:
-    """``us-east-1`` is an AWS region name; ``us-central1`` (GCP) is not."""
-    return bool(_REGION.match(name))
-
-
-def _region_name(value: str) -> str:
-    if not is_aws_region(value):
-        raise ValueError(f"{value!r} is not an AWS region name (like us-east-1)")
-    return value
-
-
-def _role_arn(value: str) -> str:
-    if not _ROLE_ARN.match(value):
-        raise ValueError(f"{value!r} is not an IAM role ARN (arn:aws:iam::123456789012:role/name)")
-    return value
 
 
 class Mode(StrEnum):
@@ -198,7 +152,7 @@ class EnforceConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    listen: str = "127.0.0.1:9464"
+    listen: Annotated[str, AfterValidator(listen_address)] = "127.0.0.1:9464"
 
 
 class AwsMetricsConfig(_Section):
@@ -209,7 +163,7 @@ class AwsMetricsConfig(_Section):
 
 
 class AwsAccount(_Section):
-    role_arn: Annotated[str, AfterValidator(_role_arn)]
+    role_arn: Annotated[str, AfterValidator(role_arn)]
     external_id: str | None = None
     name: str | None = None
 
@@ -217,8 +171,8 @@ class AwsAccount(_Section):
 class AwsConfig(_Section):
     enabled: bool = True
     regions: Annotated[
-        list[Annotated[str, AfterValidator(_region_name)]] | Literal["all"],
-        BeforeValidator(_region_list),
+        list[Annotated[str, AfterValidator(region_name)]] | Literal["all"],
+        BeforeValidator(region_list),
     ] = Field(default_factory=lambda: ["us-east-1"])
     accounts: list[AwsAccount] = Field(default_factory=list)
     metrics: AwsMetricsConfig = AwsMetricsConfig()
@@ -264,7 +218,7 @@ class AgentConfig(_Section):
     ] = timedelta(seconds=10)
     publish: Literal["none", "cloudwatch", "gcp"] = "none"
     autostop: bool = False
-    listen: str = "127.0.0.1:9465"
+    listen: Annotated[str, AfterValidator(listen_address)] = "127.0.0.1:9465"
 
 
 class PricesConfig(_Section):
@@ -278,7 +232,9 @@ class Config(_Section):
         Duration, within("0s", "1d", "a day between polls leaves idle machines running")
     ] = timedelta(minutes=5)
     state_dir: Path = Path("/var/lib/gpu-guardian")
-    state_url: str | None = None  # default: SQLite in state_dir
+    state_url: Annotated[str, AfterValidator(database_url)] | None = (
+        None  # default: SQLite in state_dir
+    )
     owner_tags: list[str] = Field(
         default_factory=lambda: ["owner", "Owner", "team", "created-by", "CreatedBy"]
     )
@@ -301,16 +257,6 @@ class Config(_Section):
             raise ValueError(
                 f"{format_duration(value)} is below {format_duration(floor)}: GPU metrics arrive "
                 "once a minute, so faster polls only add billed API calls"
-            )
-        return value
-
-    @field_validator("state_url")
-    @classmethod
-    def _database_url(cls, value: str | None) -> str | None:
-        if value is not None and not _STATE_URL.match(value):
-            raise ValueError(
-                "not a database URL: use sqlite:////path/state.db or "
-                "postgresql+psycopg://user:password@host/database"
             )
         return value
 

@@ -49,9 +49,10 @@ LARGE_RESPONSES = {"ec2": ("DescribeInstances",), "cloudwatch": ("GetMetricData"
 PATIENCE: Mapping[Caller, Patience] = MappingProxyType(
     {
         # A person waits: an endpoint that accepts connections and never answers is named in
-        # about 25 s, not six minutes. AWS answers a GetMetricData call of 500 series in a
-        # few seconds; one retry rides out a dropped connection.
-        "interactive": Patience(connect_s=3.0, read_s=10.0, attempts=2),
+        # about 30 s, not six minutes. AWS answers a page of 1,000 instances or a GetMetricData
+        # call of 500 series in a few seconds; 15 s leaves room for a slow one, and one retry
+        # rides out a dropped connection.
+        "interactive": Patience(connect_s=5.0, read_s=15.0, attempts=2),
         # The daemon and the agent may wait out a slow minute; the next cycle comes anyway.
         "daemon": Patience(connect_s=10.0, read_s=30.0, attempts=3),
     }

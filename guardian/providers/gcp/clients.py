@@ -52,8 +52,8 @@ DEFAULT_HOSTS: Mapping[Api, str] = MappingProxyType(
 # errors (503, 429, a deadline) stop after ``attempts`` such deadlines.
 PATIENCE: Mapping[Caller, Patience] = MappingProxyType(
     {
-        # A person waits: a silent endpoint is named in about half a minute, not minutes.
-        "interactive": Patience(connect_s=3.0, read_s=10.0, attempts=2),
+        # A person waits: a silent endpoint is named in well under a minute, not minutes.
+        "interactive": Patience(connect_s=5.0, read_s=15.0, attempts=2),
         # The daemon and the agent may wait out a slow minute; the next cycle comes anyway.
         "daemon": Patience(connect_s=10.0, read_s=30.0, attempts=3),
     }
