@@ -3,8 +3,8 @@
 The table fits the width it is given. Six columns are essential and never cut: the instance
 (its id whole; a long name is shortened), the verdict, GPU %, idle minutes, $/h and money
 wasted. The others join, most useful first, while their narrowest form still fits — at 120
-columns the type, premium and required speedup; at about 190 all of them — and ``--wide`` shows
-every one whatever the width. Where the region or type is not in the table, the "Why" list says
+columns usually the type and the premium, at about 190 all of them — and ``--wide`` shows every
+one whatever the width. Where the region or type is not in the table, the "Why" list says
 it.
 """
 

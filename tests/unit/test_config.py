@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -269,3 +270,9 @@ def test_check_config_refuses_what_the_daemon_would(
     with pytest.raises(ConfigError, match=message):
         check_daemon_config(parse_config({"notify": notify, "state_dir": str(tmp_path)}))
     check_daemon_config(parse_config({"state_dir": str(tmp_path)}))  # the defaults pass
+
+
+def test_the_configuration_page_documents_every_key() -> None:
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", page, flags=re.MULTILINE))
+    assert documented == {key for key, _ in _leaves(Config)}
