@@ -1,6 +1,6 @@
 """`guardian demo` end to end: the simulated AWS and GCP fleet through the real audit code, and
-`--serve`, the live simulated cloud the README walks through: `audit`, `run --once`, `history`
-and `check-config --probe` against it, then SIGTERM, which leaves no state behind."""
+`--serve`, the live simulated cloud the README walks through: `run --once`, `history` and
+`check-config --probe` against it, then SIGTERM, which leaves no state behind."""
 
 from __future__ import annotations
 
@@ -115,13 +115,9 @@ def test_the_demo_serves_a_live_cloud_for_every_command(tmp_path: Path) -> None:
             assert process.returncode == 0, stderr
             return stdout, stderr
 
-        # Independent commands side by side; history reads what run --once recorded.
-        audit, once, probe = (
-            start("audit", "--format", "json"),
-            start("run", "--once"),
-            start("check-config", "--probe"),
-        )
-        check_document(json.loads(finish(audit)[0]))
+        # Side by side; history reads what run --once recorded. (`guardian audit` is the audit
+        # the demo itself just printed, and run --once runs the same cycle.)
+        once, probe = start("run", "--once"), start("check-config", "--probe")
         _, once_log = finish(once)
         assert "alerts_go_nowhere" in once_log  # the demo has no notify.urls: said at start
         assert "16 GPU instances, 4 idle" in once_log
