@@ -50,6 +50,8 @@ def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) 
 
     result = audit(tmp_path, "--format", "json", "--exit-code")
     assert result.returncode == 1, result.stderr  # something is idle
+    # The instance-type catalog is kept in the state dir for the next audit (issue 12).
+    assert (tmp_path / "aws-instance-types.json").is_file()
     document = json.loads(result.stdout)
     verdicts = {f["name"]: f["verdict"] for f in document["findings"]}
     assert verdicts == {"done": "idle", "busy": "busy"}

@@ -234,3 +234,30 @@ def test_region_flags_go_to_the_cloud_they_name() -> None:
     assert aws_only.aws.regions == ["eu-west-1", "us-east-1"]
     mixed = restrict_regions(both, ["us-east-1", "us-central1"])
     assert (mixed.aws.regions, mixed.gcp.enabled) == (["us-east-1"], True)
+
+
+def test_demo_without_moto_says_how_to_get_it() -> None:
+    # A plain `pip install gpu-guardian` leaves moto out: it is the [demo] extra (issue 12).
+    code = (
+        "import sys\n"
+        "sys.modules['moto'] = None  # as if not installed\n"
+        "sys.argv = ['guardian', 'demo']\n"
+        "from guardian.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert one_error_line(result) == (
+        "guardian: error: guardian demo needs the simulated cloud: pip install 'gpu-guardian[demo]'"
+    )
+
+
+def test_a_plain_install_does_not_require_moto() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).resolve().parents[2] / "pyproject.toml").read_text())
+    assert not [d for d in project["project"]["dependencies"] if d.startswith("moto")]
+    extras = project["project"]["optional-dependencies"]
+    assert any(d.startswith("moto") for d in extras["demo"])
+    assert "gpu-guardian[demo]" in extras["dev"]  # make test and make demo still get it
