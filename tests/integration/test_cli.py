@@ -125,7 +125,7 @@ def test_nothing_audited_exits_2_with_one_line(tmp_path: Path, command: tuple[st
 
 
 def test_exit_code_goes_with_once() -> None:
-    result = run("run", "--exit-code")
+    result = in_process("run", "--exit-code")
     assert result.returncode == 2
     assert result.stderr.strip() == (
         "guardian: error: --exit-code goes with --once: the daemon only exits on a signal"
@@ -152,6 +152,28 @@ def test_audit_without_credentials_says_so_once_and_prints_no_data(tmp_path: Pat
 # ---- a user's mistake is one line, never a traceback or a box (issue 12) ------------------
 
 
+def in_process(*args: str) -> subprocess.CompletedProcess[str]:
+    """``guardian ARGS`` through ``guardian.cli.main`` in this process: the console script's
+    parsing and error handling, without starting an interpreter (seconds a case)."""
+    import contextlib
+    import io
+
+    from guardian.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    code = 0
+    saved = sys.argv
+    sys.argv = ["guardian", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            main()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    finally:
+        sys.argv = saved
+    return subprocess.CompletedProcess(list(args), code, out.getvalue(), err.getvalue())
+
+
 def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
@@ -175,13 +197,13 @@ def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
     ],
 )
 def test_command_line_mistakes_are_one_line(args: tuple[str, ...], message: str) -> None:
-    assert message in one_error_line(run(*args))
+    assert message in one_error_line(in_process(*args))
 
 
 def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "latin1.yaml"
     config.write_bytes("mode: notify\n# café\n".encode("latin-1"))
-    line = one_error_line(run("check-config", "--config", str(config)))
+    line = one_error_line(in_process("check-config", "--config", str(config)))
     assert line == f"guardian: error: {config} line 2: not UTF-8 text (byte 0xe9); save it as UTF-8"
 
 
@@ -191,7 +213,7 @@ def test_a_state_database_that_is_not_one_is_one_line(tmp_path: Path, state_url:
     config = tmp_path / "guardian.yaml"
     config.write_text(f"state_url: {state_url.format(tmp=tmp_path)}\n")
     for command in ("check-config", "history"):
-        result = run(command, "--config", str(config))
+        result = in_process(command, "--config", str(config))
         if command == "check-config" and state_url.startswith("sqlite"):
             assert result.returncode == 0  # a well-formed URL: only opening it tells
             continue
@@ -200,7 +222,7 @@ def test_a_state_database_that_is_not_one_is_one_line(tmp_path: Path, state_url:
 
 
 def test_global_options_are_accepted_after_the_command() -> None:
-    result = run("check-config", "--log-level", "debug", "--log-format=json")
+    result = in_process("check-config", "--log-level", "debug", "--log-format=json")
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("# config OK")
 

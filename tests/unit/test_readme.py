@@ -76,7 +76,7 @@ def commands(page: str) -> Iterator[tuple[str, list[str], bool]]:
 def check(argv: list[str], complete: bool = True) -> None:
     """Parse ``argv`` down to the command it names, as the CLI would, without running it; an
     incomplete one may leave out required arguments, never name an unknown option."""
-    group: Any = typer.main.get_command(app)
+    group = GROUP
     args = hoist_global_options(argv)
     ctx = group.make_context("guardian", args)
     command: Any = group
@@ -115,6 +115,7 @@ def test_every_documented_command_parses(where: str, argv: list[str], complete: 
         pytest.fail(f"{where}\n  {type(error).__name__}: {text}")
 
 
+GROUP: Any = typer.main.get_command(app)
 LINK = re.compile(r"\]\(([^)#\s]+)(#[^)\s]+)?\)")
 
 
