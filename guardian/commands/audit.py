@@ -15,6 +15,7 @@ from guardian.config import Config, load_config
 from guardian.cycle import CycleResult, audit_cycle
 from guardian.errors import GuardianError
 from guardian.model import Verdict
+from guardian.providers import Caller
 
 __all__ = ["OutputFormat", "WideOption", "emit", "register", "run_audit"]
 
@@ -25,12 +26,14 @@ class OutputFormat(StrEnum):
     CSV = "csv"
 
 
-def run_audit(config: Config, now: datetime | None = None) -> CycleResult:
+def run_audit(
+    config: Config, now: datetime | None = None, *, caller: Caller = "interactive"
+) -> CycleResult:
     """Discover, measure, price and decide once, with progress on stderr."""
     from guardian.prices import load_catalog
     from guardian.providers.factory import build_providers
 
-    providers = build_providers(config)
+    providers = build_providers(config, caller)
     if not providers:
         raise GuardianError("no provider is enabled: set aws.enabled or gcp.enabled in the config")
     catalog = load_catalog(config.state_dir)

@@ -105,13 +105,18 @@ def test_interactive_commands_wait_seconds_and_the_daemon_longer() -> None:
         assert patience["daemon"].attempts > patience["interactive"].attempts
 
 
-def test_the_daemon_builds_its_providers_with_the_daemon_settings() -> None:
+def test_each_caller_gets_its_settings_and_the_type_catalog_on_disk() -> None:
     from guardian.daemon.service import _default_providers
+    from guardian.providers.factory import build_providers
 
-    (aws,) = _default_providers(Config())
-    config = aws._clients._config  # type: ignore[attr-defined]
-    assert config.read_timeout == AWS_PATIENCE["daemon"].read_s
-    assert config.retries["total_max_attempts"] == AWS_PATIENCE["daemon"].attempts
+    for (provider,), caller in (
+        (_default_providers(Config()), "daemon"),
+        (build_providers(Config()), "interactive"),  # audit, backtest
+    ):
+        config = provider._clients._config  # type: ignore[attr-defined]
+        assert config.read_timeout == AWS_PATIENCE[caller].read_s
+        assert config.retries["total_max_attempts"] == AWS_PATIENCE[caller].attempts
+        assert provider._catalog._disk is not None  # type: ignore[attr-defined]
 
 
 def test_audit_against_a_silent_endpoint_ends_in_seconds_naming_it(

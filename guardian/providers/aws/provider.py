@@ -126,7 +126,8 @@ class AwsProvider:
     parse epoch timestamps straight to UTC (the same instants, several times faster).
     ``catalog`` shares learned GPU types between providers; ``limits`` and ``client_config``
     shrink the API limits and retries for tests. ``caller`` picks the timeouts and retries
-    (``PATIENCE``): a person waits less than the daemon. ``keep_types_on_disk`` keeps the
+    (``PATIENCE``): a person waits less than the daemon; ``build_providers`` says which, and a
+    provider built without saying gets the patient settings. ``keep_types_on_disk`` keeps the
     instance-type catalog in ``state_dir`` for a day, so the next audit skips its listing.
     """
 
@@ -140,7 +141,7 @@ class AwsProvider:
         catalog: GpuTypeCatalog | None = None,
         limits: AwsLimits | None = None,
         client_config: BotoConfig | None = None,
-        caller: Caller = "interactive",
+        caller: Caller = "daemon",
         keep_types_on_disk: bool = False,
     ) -> None:
         self._config = config

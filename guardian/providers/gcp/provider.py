@@ -55,7 +55,7 @@ class GcpProvider:
         self,
         config: Config,
         *,
-        caller: Caller = "interactive",
+        caller: Caller = "daemon",
         patience: Patience | None = None,
         stop_timeout_s: float = 300.0,
         max_workers: int = 8,
