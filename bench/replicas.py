@@ -150,6 +150,7 @@ def _env(endpoint: str, config: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "GUARDIAN_"))}
     env.update(fake_aws_env(endpoint))
     env["GUARDIAN_CONFIG"] = str(config)
+    env["GUARDIAN_POLL_FLOOR"] = "1s"  # a simulated cloud: the convergence run polls every 8 s
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import structlog
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     BeforeValidator,
     ConfigDict,
@@ -28,6 +29,17 @@ from pydantic import (
     model_validator,
 )
 
+from guardian.bounds import (
+    database_url,
+    format_size_mib,
+    is_aws_region,
+    listen_address,
+    parse_size_mib,
+    region_list,
+    region_name,
+    role_arn,
+    within,
+)
 from guardian.durations import format_duration, parse_duration
 from guardian.errors import ConfigError
 
@@ -40,10 +52,13 @@ __all__ = [
     "Mode",
     "apply_overrides",
     "find_config_file",
+    "is_aws_region",
     "load_config",
     "mask_secret_url",
     "masked_dump",
+    "parse_config",
     "parse_size_mib",
+    "within",
 ]
 
 log = structlog.get_logger(__name__)
@@ -58,40 +73,9 @@ Duration = Annotated[
     BeforeValidator(parse_duration),
     PlainSerializer(format_duration, return_type=str),
 ]
-
-
-NOTEBOOK_WINDOW_MIN = timedelta(minutes=10)
-NOTEBOOK_WINDOW_MAX = timedelta(days=7)
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)\s*$")
-_SIZE_MIB = {
-    "KiB": 1 / 1024,
-    "MiB": 1.0,
-    "GiB": 1024.0,
-    "TiB": 1024.0**2,
-    "kB": 1e3 / 2**20,
-    "KB": 1e3 / 2**20,
-    "MB": 1e6 / 2**20,
-    "GB": 1e9 / 2**20,
-    "TB": 1e12 / 2**20,
-}
-
-
-def parse_size_mib(value: str | float) -> float:
-    """``"1GiB"`` → 1024.0 (MiB). A unit is required: a bare number could mean anything."""
-    if isinstance(value, int | float) and not isinstance(value, bool) and value == 0:
-        return 0.0
-    match = _SIZE.match(value) if isinstance(value, str) else None
-    if match is None:
-        raise ValueError(f"not a size: {value!r} (use e.g. 512MiB, 1GiB, 2GB)")
-    return float(match.group(1)) * _SIZE_MIB[match.group(2)]
-
-
-def format_size_mib(mib: float) -> str:
-    """The shortest exact binary form: 1024.0 → ``1GiB``, 1536.0 → ``1536MiB``."""
-    for unit, size in (("TiB", 1024.0**2), ("GiB", 1024.0)):
-        if mib >= size and mib % size == 0:
-            return f"{mib / size:g}{unit}"
-    return f"{mib:g}MiB"
+# `guardian run` polls at least this far apart, unless GUARDIAN_POLL_FLOOR lowers the floor for a
+# simulated cloud (the end-to-end tests poll every 2 s; a real cloud bills every poll).
+POLL_FLOOR = "1m"
 
 
 SizeMiB = Annotated[
@@ -112,79 +96,106 @@ class _Section(BaseModel):
 
 
 class IdleConfig(_Section):
-    gpu_util_below: float = Field(5.0, ge=0, le=100)
-    window: Duration = timedelta(minutes=60)
-    window_released: Duration = timedelta(minutes=10)
-    released_below_mib: float = Field(256.0, ge=0)
-    min_uptime: Duration = timedelta(minutes=20)
-    max_staleness: Duration = timedelta(minutes=10)
-    grace: Duration = timedelta(minutes=15)
+    gpu_util_below: Annotated[
+        float, within(0, 50, "percent; a GPU busier than half the time is working, not idle")
+    ] = 5.0
+    window: Annotated[
+        Duration, within("1m", "7d", "at least one metric period; beyond a week nothing is idle")
+    ] = timedelta(minutes=60)
+    window_released: Annotated[
+        Duration, within("0s", "7d", "0s = off; beyond a week nothing is idle")
+    ] = timedelta(minutes=10)
+    released_below_mib: Annotated[
+        float, within(0, 8192, "MiB; a GPU holding more still has a model loaded")
+    ] = 256.0
+    min_uptime: Annotated[Duration, within("0s", "1d", "a machine up a day is past its setup")] = (
+        timedelta(minutes=20)
+    )
+    max_staleness: Annotated[
+        Duration, within("1m", "1d", "at least one metric period; older data is not the present")
+    ] = timedelta(minutes=10)
+    grace: Annotated[
+        Duration, within("0s", "7d", "warning to stop; a week's grace is no enforcement")
+    ] = timedelta(minutes=15)
     # Extension: the share of the time since measuring began (the lookback start, the launch or
     # the first sample, whichever is latest) that must have samples before any verdict other
     # than `unmeasured` is given.
-    min_coverage: float = Field(0.5, gt=0, le=1)
+    min_coverage: Annotated[
+        float, within(0.05, 1, "a share of the time: a verdict needs some samples")
+    ] = 0.5
     # Extension (guardian.policy.history): signals from the instance's own lookback that may
     # only lengthen the wait. Wait this multiple of its longest pause that ended in work (0 = off)
-    history_margin: float = Field(2.0, ge=0)
+    history_margin: Annotated[
+        float, within(0, 10, "a multiple of the instance's longest pause; 0 = off")
+    ] = 2.0
     # ... and at least this long when it works in repeated bursts, a service or notebook (0s = off)
-    window_bursty: Duration = timedelta(hours=4)
+    window_bursty: Annotated[
+        Duration, within("0s", "7d", "0s = off; beyond a week nothing is idle")
+    ] = timedelta(hours=4)
     # Extension (docs/notebooks.md): idle this long when the agent reports every GPU-holding
     # process an idle notebook kernel with no browser connected; overrides the waits above.
-    window_notebook: Duration = timedelta(minutes=60)
-
-    @field_validator("window_notebook")
-    @classmethod
-    def _notebook_window_bounded(cls, value: timedelta) -> timedelta:
-        if value and not NOTEBOOK_WINDOW_MIN <= value <= NOTEBOOK_WINDOW_MAX:
-            raise ValueError(
-                "must be 0s (off) or between 10m and 7d: a shorter wait would stop a person "
-                "reading between two cells"
-            )
-        return value
+    window_notebook: Annotated[
+        Duration,
+        within(
+            "10m",
+            "7d",
+            "a shorter wait would stop a person reading between two cells",
+            off="0s",
+        ),
+    ] = timedelta(minutes=60)
 
 
 class CostConfig(_Section):
-    lookback: Duration = timedelta(hours=24)
-    expected_speedup: float = Field(10.0, gt=0)
-    rule_of_thumb: tuple[float, float] = (2.0, 3.0)
+    lookback: Annotated[
+        Duration,
+        within("10m", "15d", "CloudWatch keeps one-minute data 15 days; an idle window must fit"),
+    ] = timedelta(hours=24)
+    expected_speedup: Annotated[
+        float, within(1, 1000, "times faster than the CPU equivalent at full use")
+    ] = 10.0
+    rule_of_thumb: tuple[
+        Annotated[float, within(1, 100, "a premium: GPU $/h over CPU $/h")],
+        Annotated[float, within(1, 100, "a premium: GPU $/h over CPU $/h")],
+    ] = (2.0, 3.0)
+
+    @field_validator("rule_of_thumb")
+    @classmethod
+    def _low_then_high(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if value[0] > value[1]:
+            raise ValueError(f"[{value[0]:g}, {value[1]:g}]: give the low premium first")
+        return value
 
 
 class RightsizeConfig(_Section):
     """``guardian.prices.rightsize``: which cheaper machine would do the measured work."""
 
     # A GPU counts as used when its p95 utilisation over cost.lookback reaches this (percent).
-    gpu_busy_above: float = 10.0
+    gpu_busy_above: Annotated[
+        float, within(1, 100, "percent of the time a GPU is busy before it counts as used")
+    ] = 10.0
     # Multiplier on every measured need: GPU memory, GPU work, host vCPUs and memory.
-    headroom: float = 1.25
+    headroom: Annotated[
+        float,
+        within(
+            1,
+            3,
+            "a multiplier on the measured peak: below 1 would size under the peak, above 3 "
+            "would hardly ever suggest a smaller machine",
+        ),
+    ] = 1.25
     # Extension: read host CPU and memory beside the GPUs' (AWS: one more query per instance and
     # metric in the same GetMetricData calls; GCP: one more query per project and metric).
     # Off: right-sizing keeps every host at its current vCPUs and memory.
     host_metrics: bool = True
 
-    @field_validator("gpu_busy_above")
-    @classmethod
-    def _busy_above(cls, value: float) -> float:
-        if not 0 < value <= 100:
-            raise ValueError(
-                f"must be over 0 and at most 100 (percent of the time a GPU is busy), got {value:g}"
-            )
-        return value
-
-    @field_validator("headroom")
-    @classmethod
-    def _headroom(cls, value: float) -> float:
-        if not 1.0 <= value <= 3.0:
-            raise ValueError(
-                f"must be from 1.0 to 3.0 (a multiplier on the measured peak: below 1 would "
-                f"size under the peak, above 3 would hardly ever suggest a smaller machine), "
-                f"got {value:g}"
-            )
-        return value
-
 
 class LimitsConfig(_Section):
-    max_stops_per_cycle: int = Field(5, ge=0)
-    max_idle_fraction: float = Field(0.5, gt=0, le=1)
+    max_stops_per_cycle: Annotated[
+        int, within(0, 1000, "0 = never stop; more a cycle is no cap")
+    ] = 5
+    max_idle_fraction: Annotated[
+        float, within(0.05, 1, "a share of one account and region's GPU instances")
+    ] = 0.5
 
 
 _DEPRECATED_LOCAL_DISKS = "allow_instance_store_loss"
@@ -195,19 +206,17 @@ class EnforceConfig(_Section):
     # (stop-if-unused), never (alert), or regardless of what they hold (stop).
     local_disks: Literal["stop-if-unused", "alert", "stop"] = "stop-if-unused"
     # "Unused": less than this beyond empty filesystems (how: docs/enforcement.md)
-    local_disk_unused_below: SizeMiB = 1024.0
+    local_disk_unused_below: Annotated[
+        SizeMiB,
+        within(
+            "1MiB",
+            "1TiB",
+            "more in use is data somebody needs (to never stop, set enforce.local_disks: alert)",
+        ),
+    ] = 1024.0
     # Plain Auto Scaling groups: alert-only, or Standby (desired capacity decremented) then stop.
     autoscaling_groups: Literal["alert", "standby"] = "alert"
     hibernate: bool = False
-
-    @field_validator("local_disk_unused_below")
-    @classmethod
-    def _sensible_threshold(cls, mib: float) -> float:
-        if mib <= 0:
-            raise ValueError("must be above 0 (to never stop, set enforce.local_disks: alert)")
-        if mib > 1024.0**2:
-            raise ValueError("at most 1TiB: more than that in use is data somebody needs")
-        return mib
 
     @model_validator(mode="before")
     @classmethod
@@ -229,21 +238,21 @@ class EnforceConfig(_Section):
 
 
 class MetricsConfig(_Section):
-    listen: str = "127.0.0.1:9464"
+    listen: Annotated[str, AfterValidator(listen_address)] = "127.0.0.1:9464"
 
 
 class AwsMetricsConfig(_Section):
     namespace: str = "CWAgent"
     gpu_util: str = "nvidia_smi_utilization_gpu"
     gpu_mem_used: str = "nvidia_smi_memory_used"
-    period: int = Field(60, ge=1)
+    period: Annotated[int, within(1, 3600, "seconds; the agent's collection interval")] = 60
     # Published by `guardian agent` (Unit Megabytes, in fact MiB, dimensions exactly InstanceId)
     # in `namespace`: instance store used beyond empty filesystems. "" = not read.
     local_disk_used: str = "guardian_local_disk_used"
 
 
 class AwsAccount(_Section):
-    role_arn: str
+    role_arn: Annotated[str, AfterValidator(role_arn)]
     external_id: str | None = None
     name: str | None = None
 
@@ -278,7 +287,10 @@ class AwsOrganizationAccounts(_Section):
 
 class AwsConfig(_Section):
     enabled: bool = True
-    regions: list[str] | Literal["all"] = Field(default_factory=lambda: ["us-east-1"])
+    regions: Annotated[
+        list[Annotated[str, AfterValidator(region_name)]] | Literal["all"],
+        BeforeValidator(region_list),
+    ] = Field(default_factory=lambda: ["us-east-1"])
     # A list of roles, or {organization: {...}}: the Organization's accounts, found each cycle.
     accounts: list[AwsAccount] | AwsOrganizationAccounts = Field(default_factory=list)
     metrics: AwsMetricsConfig = AwsMetricsConfig()
@@ -294,7 +306,9 @@ class AwsConfig(_Section):
 class GcpMetricsConfig(_Section):
     gpu_util: str = "agent.googleapis.com/gpu/utilization"
     gpu_mem_used: str = "agent.googleapis.com/gpu/memory/bytes_used"
-    period: int = Field(60, ge=1)
+    period: Annotated[
+        int, within(60, 3600, "seconds; Cloud Monitoring aligns series to a minute or more")
+    ] = 60
     # Published by `guardian agent` (bytes): local SSD used beyond empty filesystems. "" = off.
     local_disk_used: str = "custom.googleapis.com/guardian/local_disk/used_bytes"
 
@@ -352,7 +366,9 @@ class JupyterConfig(_Section):
     runtime_dirs: list[Path] = Field(default_factory=list)
     urls: list[str] = Field(default_factory=list)  # servers that write no runtime file here
     token_file: Path | None = None  # tokens for `urls`: TOKEN, or URL TOKEN, one per line
-    timeout: Duration = timedelta(seconds=2)
+    timeout: Annotated[Duration, within("1s", "30s", "the agent reads Jupyter on every poll")] = (
+        timedelta(seconds=2)
+    )
 
     @field_validator("urls")
     @classmethod
@@ -362,19 +378,14 @@ class JupyterConfig(_Section):
                 raise ValueError(f"{url!r} is not an http:// or https:// URL")
         return value
 
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_bounded(cls, value: timedelta) -> timedelta:
-        if not timedelta(seconds=1) <= value <= timedelta(seconds=30):
-            raise ValueError("must be between 1s and 30s: the agent reads Jupyter on every poll")
-        return value
-
 
 class AgentConfig(_Section):
-    interval: Duration = timedelta(seconds=10)
+    interval: Annotated[
+        Duration, within("1s", "10m", "one NVML poll; slower misses the end of short jobs")
+    ] = timedelta(seconds=10)
     publish: Literal["none", "cloudwatch", "gcp"] = "none"
     autostop: bool = False
-    listen: str = "127.0.0.1:9465"
+    listen: Annotated[str, AfterValidator(listen_address)] = "127.0.0.1:9465"
     jupyter: JupyterConfig = JupyterConfig()
 
 
@@ -391,33 +402,25 @@ class UnitsConfig(_Section):
     that dies loses its units to the others once the lease runs out.
     """
 
-    workers: int = Field(8, ge=1, le=64)
-    timeout: Duration = timedelta(minutes=5)
-    lease: Duration = timedelta(minutes=1)
-
-    @field_validator("timeout")
-    @classmethod
-    def _timeout_range(cls, value: timedelta) -> timedelta:
-        if not timedelta(seconds=1) <= value <= timedelta(hours=1):
-            raise ValueError(
-                "between 1s and 1h: long enough for a slow region, short enough to retry"
-            )
-        return value
-
-    @field_validator("lease")
-    @classmethod
-    def _lease_range(cls, value: timedelta) -> timedelta:
-        if not timedelta(seconds=2) <= value <= timedelta(minutes=30):
-            raise ValueError("between 2s and 30m: renewed every third of it while a unit runs")
-        return value
+    workers: Annotated[int, within(1, 64, "units at once per replica, each with its clients")] = 8
+    timeout: Annotated[
+        Duration, within("1s", "1h", "long enough for a slow region, short enough to retry")
+    ] = timedelta(minutes=5)
+    lease: Annotated[
+        Duration, within("2s", "30m", "renewed every third of it while a unit runs")
+    ] = timedelta(minutes=1)
 
 
 class Config(_Section):
     mode: Mode = Mode.NOTIFY
     dry_run: bool = False
-    poll_interval: Duration = timedelta(minutes=5)
+    poll_interval: Annotated[
+        Duration, within("0s", "1d", "a day between polls leaves idle machines running")
+    ] = timedelta(minutes=5)
     state_dir: Path = Path("/var/lib/gpu-guardian")
-    state_url: str | None = None  # default: SQLite in state_dir
+    state_url: Annotated[str, AfterValidator(database_url)] | None = (
+        None  # default: SQLite in state_dir
+    )
     owner_tags: list[str] = Field(
         default_factory=lambda: ["owner", "Owner", "team", "created-by", "CreatedBy"]
     )
@@ -434,37 +437,69 @@ class Config(_Section):
     prices: PricesConfig = PricesConfig()
     units: UnitsConfig = UnitsConfig()
 
+    @field_validator("poll_interval")
+    @classmethod
+    def _poll_floor(cls, value: timedelta) -> timedelta:
+        floor = parse_duration(os.environ.get("GUARDIAN_POLL_FLOOR") or POLL_FLOOR)
+        if value < floor:
+            raise ValueError(
+                f"{format_duration(value)} is below {format_duration(floor)}: GPU metrics arrive "
+                "once a minute, so faster polls only add billed API calls"
+            )
+        return value
+
     @property
     def effective_state_url(self) -> str:
         return self.state_url or f"sqlite:///{self.state_dir / 'state.db'}"
 
 
+# Errors that only say the value has another of a union's shapes (a mapping, not a list).
 _SHAPE_ERRORS = {"list_type", "model_type", "dict_type", "literal_error", "string_type"}
 
 
-def _is_union_tag(part: object) -> bool:
-    """A union branch pydantic puts in an error's path (``list[str]``, ``GcpProjectsBelow``)."""
-    text = str(part)
-    return "[" in text or text[:1].isupper()
+def _is_union_tag(part: int | str) -> bool:
+    """A union member pydantic puts in an error's path (``list[str]``, ``literal['all']``,
+    ``GcpProjectsBelow``): not a key a user wrote."""
+    return isinstance(part, str) and ("[" in part or part[:1].isupper())
+
+
+def _key_path(loc: tuple[int | str, ...]) -> str:
+    """``('aws', 'regions', 'list[...]', 0)`` → ``aws.regions[0]``."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        elif not _is_union_tag(part):
+            path += f".{part}" if path else part
+    return path or "(top level)"
+
+
+def _problems(error: ValidationError) -> list[Any]:
+    """One problem per key: of a union's members (each reports its own error) the one that got
+    furthest into the value (``aws.regions[1]`` for a list, rather than "not 'all'"; the folder
+    of ``gcp.projects: {folder: x}`` rather than "not a list"), a shape error last."""
+    chosen: dict[tuple[int | str, ...], Any] = {}
+    for problem in error.errors():
+        loc = problem["loc"]
+        cut = next((i for i, part in enumerate(loc) if _is_union_tag(part)), len(loc))
+        best = chosen.get(loc[:cut])
+        rank = (len(loc), problem["type"] not in _SHAPE_ERRORS)
+        if best is None or rank > (len(best["loc"]), best["type"] not in _SHAPE_ERRORS):
+            chosen[loc[:cut]] = problem
+    return list(chosen.values())
 
 
 def _describe(error: ValidationError) -> str:
-    """The first validation problem as ``key.path: message``.
-
-    For a key that takes one of several shapes (a list, or a mapping), the problems of the
-    shape the value does not have are noise: the first problem of the shape it has is reported.
-    """
-    errors = error.errors()
-    relevant = [e for e in errors if e["type"] not in _SHAPE_ERRORS] or errors
-    first = relevant[0]
-    path = ".".join(str(p) for p in first["loc"] if not _is_union_tag(p)) or "(top level)"
-    errors = relevant
+    """The first validation problem as ``key.path: message``."""
+    problems = _problems(error)
+    first = problems[0]
+    path = _key_path(first["loc"])
     if first["type"] == "extra_forbidden":
         return f"{path}: unknown key"
     message = str(first["msg"]).removeprefix("Value error, ")
     if first["type"] == "missing":
         message = "required key is missing"
-    more = len(errors) - 1
+    more = len(problems) - 1
     suffix = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
     return f"{path}: {message}{suffix}"
 
@@ -484,9 +519,16 @@ def find_config_file(explicit: Path | None = None) -> Path | None:
 
 def _read_yaml(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        text = raw.decode("utf-8-sig")  # an editor's byte-order mark is fine
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(
+            f"{path} line {line}: not UTF-8 text (byte 0x{raw[exc.start]:02x}); save it as UTF-8"
+        ) from exc
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

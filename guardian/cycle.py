@@ -32,6 +32,18 @@ class CycleResult:
     findings: tuple[Finding, ...]
     errors: tuple[UnitError, ...] = ()
 
+    @property
+    def nothing_audited(self) -> bool:
+        """Every unit failed: not one instance could be looked at. ``guardian audit`` and
+        ``guardian run --once`` then exit 2, so that cron notices."""
+        return bool(self.errors) and not self.findings
+
+    def failure_line(self) -> str:
+        """Why nothing could be audited, in one line: the first failure, and how many more."""
+        first = self.errors[0]
+        more = f" (and {len(self.errors) - 1} more)" if len(self.errors) > 1 else ""
+        return f"nothing could be audited: {first.provider} {first.region}: {first.message}{more}"
+
 
 def audit_cycle(
     config: Config,

@@ -45,6 +45,18 @@ def mask_secrets(
     return event_dict
 
 
+class _CurrentStderr:
+    """``sys.stderr`` as it is at each write, not as it was at start: while a rich spinner runs
+    it redirects stderr, and a log line written through it lands above the spinner instead of
+    being overwritten by it."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(fmt: LogFormat = "console", level: str = "info") -> None:
     """Logs go to stderr, so stdout carries nothing but data."""
     renderer: Any = (
@@ -64,6 +76,6 @@ def configure_logging(fmt: LogFormat = "console", level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

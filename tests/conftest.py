@@ -14,11 +14,16 @@ started once per test process; ``pg_url`` is a fresh empty database on it for on
 
 ``aws_gpu_catalog``: one ``GpuTypeCatalog`` per test process, shared by the providers built in
 tests: moto's DescribeInstanceTypes answers 1,400 types in one page in 3-4 s.
+
+``GUARDIAN_POLL_FLOOR=1s`` for the whole run (and the ``guardian`` subprocesses it starts): the
+daemon's tests poll a simulated cloud every second or two, which a real config may not. No
+``COLUMNS``: a piped table is 200 wide unless a test says otherwise.
 """
 
 from __future__ import annotations
 
 import copy
+import os
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +37,11 @@ from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_s
 if TYPE_CHECKING:
     from guardian.providers.aws.discovery import GpuTypeCatalog
     from tests.postgres import PostgresServer
+
+os.environ["GUARDIAN_POLL_FLOOR"] = "1s"
+# Piped tables take their width from COLUMNS, which some runners set (pytest-xdist's workers
+# do): tests that care about the width set it themselves.
+os.environ.pop("COLUMNS", None)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from guardian.agent.gpu import Snapshot
 from guardian.agent.poll import PollResult
 from guardian.agent.status import AgentFacts, status_document
 from guardian.config import Config
+from guardian.durations import format_duration
 from guardian.errors import ConfigError
 from guardian.model import (
     Decision,
@@ -368,6 +369,12 @@ class Agent:
         # decide() then runs when an input changed, not on each poll. Its other input, the
         # time, matters for staleness and min_uptime, which this delays by under one period.
         reason = snapshot.unmeasured_reason()
+        if reason is None and not len(self.window):
+            # The policy's "is the GPU agent running?" would be asked of the agent itself.
+            reason = (
+                "this agent has just started: its first sample covers "
+                f"{format_duration(self.window.period)} of polls"
+            )
         key = (self.window.version, reason, keep_until, self.instance)
         if self.last is not None and key == self._decided_key:
             return self.last.decision

@@ -75,6 +75,32 @@ def parse_listen(value: str) -> tuple[str, int] | None:
 # -- Prometheus --------------------------------------------------------------------------------
 
 
+class _MaybeGauge:
+    """An unlabelled gauge with no sample while its value is unknown or absent: a plain
+    ``Gauge`` always exports one, and 0 would read as "idle 0 minutes" or "a stop in 1970"."""
+
+    def __init__(self, name: str, documentation: str, registry: Any) -> None:
+        self._name, self._documentation = name, documentation
+        self._value: float | None = None
+        registry.register(self)
+
+    def set(self, value: float | None) -> None:
+        self._value = value
+
+    def describe(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        yield GaugeMetricFamily(self._name, self._documentation)
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily
+
+        family = GaugeMetricFamily(self._name, self._documentation)
+        if self._value is not None:
+            family.add_metric([], self._value)
+        yield family
+
+
 class PrometheusSink:
     """Per-GPU gauges (labels ``gpu``, ``uuid``, ``model``) and the agent's verdict, served
     from the agent's own registry (so nothing else in the process leaks into the scrape)."""
@@ -111,13 +137,15 @@ class PrometheusSink:
         self._verdict = Gauge(
             "guardian_agent_verdict", "1 for the agent's current verdict", ["verdict"], registry=r
         )
-        self._idle_minutes = Gauge(
-            "guardian_agent_idle_minutes", "Minutes every GPU has been idle", registry=r
+        self._idle_minutes = _MaybeGauge(
+            "guardian_agent_idle_minutes",
+            "Minutes every GPU has been idle (no sample while unknown)",
+            r,
         )
-        self._deadline = Gauge(
+        self._deadline = _MaybeGauge(
             "guardian_agent_stop_deadline_timestamp_seconds",
-            "When the pending autostop will stop the machine (0 = none pending)",
-            registry=r,
+            "When the pending autostop will stop the machine (no sample when none is pending)",
+            r,
         )
         self._polls = Counter("guardian_agent_polls", "Polls of the GPUs", registry=r)
         self._problems = Counter(
@@ -163,9 +191,9 @@ class PrometheusSink:
         self._seen = current
         for verdict in Verdict:
             self._verdict.labels(str(verdict)).set(1 if decision.verdict is verdict else 0)
-        self._idle_minutes.set(decision.idle_minutes or 0)
+        self._idle_minutes.set(decision.idle_minutes)
         episode = result.autostop.episode if result.autostop else None
-        self._deadline.set(episode.deadline.timestamp() if episode else 0)
+        self._deadline.set(episode.deadline.timestamp() if episode else None)
         self._polls.inc()
         for problem in snapshot.all_problems:
             self._problems.labels(str(problem.severity)).inc()
@@ -340,22 +368,24 @@ class CloudWatchSink:
 
 def _cloudwatch_client(region: str) -> Any:
     import boto3
-    from botocore.config import Config as BotoConfig
+
+    from guardian.providers.aws.clients import PATIENCE, boto_config
 
     # AWS_ENDPOINT_URL, if set, is honoured by boto3 itself: the one standard override.
     return boto3.client(
         "cloudwatch",
         region_name=region,
-        config=BotoConfig(
-            retries={"mode": "standard", "max_attempts": 3},
-            connect_timeout=5,
-            read_timeout=20,
-            user_agent_extra="gpu-guardian-agent",
-        ),
+        config=boto_config(PATIENCE["daemon"], user_agent_extra="gpu-guardian-agent"),
     )
 
 
 # -- Cloud Monitoring --------------------------------------------------------------------------
+
+
+def _gcp_timeout_s() -> float:
+    from guardian.providers.gcp.clients import PATIENCE
+
+    return PATIENCE["daemon"].connect_s + PATIENCE["daemon"].read_s
 
 
 class GcpMonitoringSink:
@@ -476,7 +506,7 @@ class GcpMonitoringSink:
                 client.create_time_series(
                     name=f"projects/{self.project}",
                     time_series=series[start : start + _GCP_MAX_SERIES],
-                    timeout=20,
+                    timeout=_gcp_timeout_s(),
                 )
         except Exception as exc:  # google.api_core errors of every kind: log, drop, go on
             if not self._failing:

@@ -23,9 +23,11 @@ from pathlib import Path
 from guardian.backtest.trace import TraceSeries, series_from_points
 from guardian.model import GpuInstance
 
-__all__ = ["TraceRow", "training_rows", "training_series", "write_trace"]
+__all__ = ["FLEET_SIZE", "TraceRow", "training_rows", "training_series", "write_trace"]
 
-START = datetime(2026, 1, 5, tzinfo=UTC)
+START = datetime(2026, 1, 5, tzinfo=UTC)  # any instant: a replay runs on its own clock
+# Machines in the fleet ``guardian backtest --synthetic`` and ``bench/backtest.py`` replay.
+FLEET_SIZE = 40
 STALL_MINUTES = (10, 45)  # longest stalls stay under the default 60-minute window
 MISSING_TIMESTAMP_RATE = 0.002
 
@@ -85,7 +87,7 @@ def _timeline(rng: random.Random) -> list[_Minute]:
 
 
 def training_rows(
-    seed: int = 7, instances: int = 16, *, gpus: int = 2, start: datetime = START
+    seed: int = 7, instances: int = FLEET_SIZE, *, gpus: int = 2, start: datetime = START
 ) -> Iterator[TraceRow]:
     """Rows of ``instances`` training machines with ``gpus`` GPUs each, one-minute samples."""
     for number in range(instances):
@@ -108,7 +110,7 @@ def training_rows(
 
 def training_series(
     seed: int = 7,
-    instances: int = 16,
+    instances: int = FLEET_SIZE,
     *,
     gpus: int = 2,
     start: datetime = START,

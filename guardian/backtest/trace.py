@@ -105,9 +105,10 @@ def _open_text(path: Path) -> io.TextIOWrapper:
     except OSError as exc:
         raise TraceError(f"cannot read trace {path}: {exc.strerror or exc}") from exc
     magic = raw.peek(2)[:2] if isinstance(raw, io.BufferedReader) else b""
+    # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, not part of the first column.
     if magic == b"\x1f\x8b":
-        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8", newline="")
-    return io.TextIOWrapper(raw, encoding="utf-8", newline="")
+        return io.TextIOWrapper(gzip.GzipFile(fileobj=raw), encoding="utf-8-sig", newline="")
+    return io.TextIOWrapper(raw, encoding="utf-8-sig", newline="")
 
 
 class _Times:
@@ -156,9 +157,39 @@ def _number(text: str | None, column: str, where: str, line: int) -> float | Non
         value = float(text)
     except ValueError:
         raise TraceError(f"{where} line {line}: {column} {text!r} is not a number") from None
-    if math.isnan(value):  # NaN is a missing reading, never a value
-        return None
+    if not math.isfinite(value):  # a blank says "no reading"; nan or inf is a broken export
+        raise TraceError(
+            f"{where} line {line}: {column} {text!r} is not a reading (leave the cell blank "
+            "where the GPU did not report)"
+        )
+    if value < 0:
+        raise TraceError(f"{where} line {line}: {column} {value:g} is negative")
     return value
+
+
+def _fields(row: dict[str | None, str | None], header: int, where: str, line: int) -> None:
+    """A row with fewer or more fields than the header is a broken line, not a blank reading."""
+    count = sum(1 for key, value in row.items() if key is not None and value is not None)
+    extra = row.get(None)
+    if extra:
+        count += len(extra)
+    if count != header:
+        raise TraceError(f"{where} line {line}: {count} field(s), the header has {header}")
+
+
+def _gpu_index(text: str | None, where: str, line: int) -> str:
+    value = (text or "").strip() or "0"
+    if not value.isdigit():
+        raise TraceError(f"{where} line {line}: gpu_index {value!r} is not a GPU number (0, 1, …)")
+    return str(int(value))
+
+
+def _same(first: float | None, again: float | None, what: str, where: str, line: int) -> None:
+    if first is not None and again is not None and first != again:
+        raise TraceError(
+            f"{where} line {line}: {what} read twice with different values ({first:g}, then "
+            f"{again:g})"
+        )
 
 
 def _check_util(value: float, where: str, line: int) -> None:
@@ -210,18 +241,19 @@ def _instance(instance_id: str, launch: datetime, gpus: int, shape: TraceDefault
 
 
 def _read_backtest(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     points: dict[str, _GpuReadings] = defaultdict(lambda: _GpuReadings({}, {}))
     notebook: dict[str, dict[datetime, float]] = defaultdict(dict)
     shape: dict[str, TraceDefaults] = {}
     for line, row in enumerate(rows, start=2):
+        _fields(row, header, where, line)  # type: ignore[arg-type]
         instance_id = (row.get("instance_id") or "").strip()
         if not instance_id:
             raise TraceError(f"{where} line {line}: instance_id is empty")
         at = times.parse(row.get("timestamp") or "", line)
-        gpu = (row.get("gpu_index") or "").strip() or "0"
+        gpu = _gpu_index(row.get("gpu_index"), where, line)
         util = _number(row.get("gpu_util"), "gpu_util", where, line)
         mem = _number(row.get("gpu_mem_used_mib"), "gpu_mem_used_mib", where, line)
         if instance_id not in shape:
@@ -241,6 +273,10 @@ def _read_backtest(
         if util is None:
             continue  # the GPU did not report: the timestamp is incomplete, not idle
         _check_util(util, where, line)
+        # The same reading twice is harmless; two different ones mean a broken export.
+        what = f"{instance_id} GPU {gpu} at {at.isoformat()}"
+        _same(gpu_points.util[gpu].get(at), util, f"gpu_util of {what}", where, line)
+        _same(gpu_points.mem.get(gpu, {}).get(at), mem, f"memory of {what}", where, line)
         gpu_points.add(gpu, at, util, mem)
     result = []
     for instance_id in sorted(points):
@@ -261,11 +297,12 @@ def _read_backtest(
 
 
 def _read_philly_minutes(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     by_machine: dict[str, list[tuple[datetime, str, float]]] = defaultdict(list)
     for line, row in enumerate(rows, start=2):
+        _fields(row, header, where, line)  # type: ignore[arg-type]
         util = _number(row.get("gpu_util"), "gpu_util", where, line)
         if util is None:
             continue
@@ -299,11 +336,12 @@ def _philly_segment(
 
 
 def _read_philly_windows(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults
+    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     groups: dict[tuple[str, str], tuple[datetime, bool, _GpuReadings]] = {}
     for line, row in enumerate(rows, start=2):
+        _fields(row, header, where, line)  # type: ignore[arg-type]
         key = (row["job_id"], row["machine_id"])
         start = times.parse(row.get("window_start_local") or "", line)
         running = (row.get("job_running_whole_window") or "").strip().lower() == "true"
@@ -347,7 +385,7 @@ def read_trace(path: Path, defaults: TraceDefaults | None = None) -> list[TraceS
         for needed, read in readers.values():
             if not _missing(header, needed):
                 try:
-                    series = read(reader, where, defaults)
+                    series = read(reader, where, defaults, len(header))
                 except (OSError, EOFError, UnicodeDecodeError, csv.Error) as exc:
                     raise TraceError(f"cannot read trace {path}: {exc}") from exc
                 break

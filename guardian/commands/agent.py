@@ -168,6 +168,7 @@ def own_provider(config: Config, cloud: str, region: str, account: str, **option
     from guardian.providers.factory import build_provider
 
     options.setdefault("instance_series", ())
+    options.setdefault("caller", "daemon")  # a service: it may wait out a slow minute
     if cloud == "aws":
         aws = config.aws.model_copy(update={"enabled": True, "regions": [region], "accounts": []})
         return build_provider(config.model_copy(update={"aws": aws}), "aws", **options)
@@ -271,7 +272,16 @@ def keep(
         where.write_keep(until)
     except OSError as exc:
         raise GuardianError(f"cannot write {where.keep_path}: {exc.strerror or exc}") from exc
-    typer.echo(f"autostop postponed until {until:%Y-%m-%d %H:%M} UTC ({format_duration(delta)})")
+    when = f"{until:%Y-%m-%d %H:%M} UTC ({format_duration(delta)})"
+    status = where.read_status() or {}
+    autostop = (status.get("agent") or {}).get("autostop")
+    if autostop:
+        typer.echo(f"autostop postponed until {when}")
+    elif autostop is None:
+        typer.echo(f"kept until {when}; no agent is running here now (it applies when one starts)")
+    else:
+        # Nothing was about to stop this machine: say so rather than claim a postponement.
+        typer.echo(f"kept until {when}; this agent's autostop is off, so it only reports")
 
 
 @agent_app.command("status")

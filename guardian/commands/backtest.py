@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -30,7 +31,7 @@ from guardian.backtest.replay import (
     replay,
 )
 from guardian.backtest.trace import TraceDefaults, TraceSeries, summary
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console, progress
 from guardian.config import Config, load_config, masked_dump
 from guardian.durations import format_duration
 from guardian.errors import GuardianError
@@ -74,9 +75,9 @@ def _cloud_series(
     )
     end = datetime.now(UTC)
     try:
-        with status.status(f"reading {days} day(s) of GPU history…") as spinner:
+        with progress(f"reading {days} day(s) of GPU history…") as update:
             history = history_from_providers(
-                providers, end - timedelta(days=days), end, progress=spinner.update
+                providers, end - timedelta(days=days), end, progress=update
             )
     finally:
         for provider in providers:
@@ -91,6 +92,14 @@ def _cloud_series(
         status.print(f"[yellow]skipped[/] {key}: {why}", highlight=False)
     for key, why in history.partial:
         status.print(f"[yellow]partial[/] {key}: {why}", highlight=False)
+    if not history.series and history.errors:
+        # Nothing could be read: the cause (credentials, a denied call) is the message.
+        first = history.errors[0]
+        more = f" (and {len(history.errors) - 1} more)" if len(history.errors) > 1 else ""
+        raise GuardianError(
+            f"no GPU history could be read from {cloud}: {first.provider} {first.region}: "
+            f"{first.message}{more}"
+        )
     if not history.series:
         raise GuardianError(f"no GPU history to replay from {cloud} over the last {days} day(s)")
     source = "CloudWatch" if cloud == "aws" else "Cloud Monitoring"
@@ -141,30 +150,69 @@ def _order(outcome: InstanceOutcome) -> tuple[int, float, str]:
     return (-outcome.interrupted, -outcome.idle_tail_hours, outcome.instance_id)
 
 
+def _cells(outcome: InstanceOutcome) -> dict[str, str]:
+    stop_after = "—"
+    if outcome.stopped_at is not None:
+        stop_after = _hours((outcome.stopped_at - outcome.started_at).total_seconds() / 3600)
+    return {
+        "instance": outcome.instance_id,
+        "type": outcome.instance_type or "—",
+        "hours": _hours(outcome.hours),
+        "idle\ntail h": _hours(outcome.idle_tail_hours),
+        "stop\nafter h": stop_after,
+        "reclaimed\nh": _hours(outcome.reclaimed_hours),
+        "inter-\nrupted": "yes" if outcome.interrupted else "",
+        "saved": "—" if outcome.saved_usd is None else f"${outcome.saved_usd:,.2f}",
+        "why stopped": outcome.stop_reasons[0] if outcome.stop_reasons else "",
+    }
+
+
+# Never cut at any width (the instance id may fold onto a second line); the rest join as the
+# width allows, in this order.
+_ESSENTIAL = ("instance", "hours", "idle\ntail h", "stop\nafter h", "inter-\nrupted", "saved")
+_OPTIONAL = ("type", "reclaimed\nh", "why stopped")
+_ORDER: tuple[str, ...] = ("instance", "type", "hours", "idle\ntail h", "stop\nafter h")
+_ORDER += ("reclaimed\nh", "inter-\nrupted", "saved", "why stopped")
+
+
 def _table(result: BacktestResult, source: str, top: int, console: Console) -> None:
+    from guardian.report.table import fit_columns
+
+    shown = sorted(result.outcomes, key=_order)[: max(0, top)]
+    rows = [_cells(outcome) for outcome in shown]
+
+    def widest(column: str, measure: Callable[[str], int] = len) -> int:
+        lines = [*column.split("\n"), *(row[column] for row in rows)]
+        return max(measure(line) for line in lines)
+
+    def longest_word(text: str) -> int:
+        return max((len(word) for word in text.split()), default=0)
+
+    used = 2 + 3 + sum(widest(c) + 3 for c in _ESSENTIAL if c != "instance")
+    # The id takes what the other essential columns leave; a longer one folds onto a second line.
+    instance = max(16, min(widest("instance"), console.width - used))
+    # A reason folded narrower than 30 characters reads worse than none: json has them all.
+    optional = [(c, widest(c), widest(c, longest_word)) for c in _OPTIONAL[:-1]]
+    optional.append(("why stopped", widest("why stopped"), min(30, widest("why stopped"))))
+    extra, _ = fit_columns(console.width, used + instance, optional)
+    columns = [c for c in _ORDER if c in _ESSENTIAL or c in extra]
     table = Table(box=box.SIMPLE_HEAD, title=f"backtest: {source}", title_justify="left")
-    for column in ("instance", "type", "hours", "idle tail h", "stop after h", "reclaimed h"):
-        table.add_column(column, justify="left" if column in ("instance", "type") else "right")
-    table.add_column("interrupted", justify="right")
-    table.add_column("saved", justify="right")
-    table.add_column("why stopped")
-    shown = sorted(result.outcomes, key=_order)[:top]
-    for outcome in shown:
-        stop_after = "—"
-        if outcome.stopped_at is not None:
-            stop_after = _hours((outcome.stopped_at - outcome.started_at).total_seconds() / 3600)
-        table.add_row(
-            escape(outcome.instance_id),
-            escape(outcome.instance_type) or "—",
-            _hours(outcome.hours),
-            _hours(outcome.idle_tail_hours),
-            stop_after,
-            _hours(outcome.reclaimed_hours),
-            "[bold red]yes[/]" if outcome.interrupted else "",
-            "—" if outcome.saved_usd is None else f"${outcome.saved_usd:,.2f}",
-            escape(outcome.stop_reasons[0]) if outcome.stop_reasons else "",
-        )
+    for column in columns:
+        if column == "instance":
+            table.add_column(column, overflow="fold", width=instance)
+        elif column in _ESSENTIAL:
+            table.add_column(column, justify="left" if column == "type" else "right", no_wrap=True)
+        else:
+            table.add_column(column, justify="right" if column.endswith("h") else "left")
+    for row in rows:
+        cells = [escape(row[c]) for c in columns]
+        if "inter-\nrupted" in columns and row["inter-\nrupted"]:
+            cells[columns.index("inter-\nrupted")] = "[bold red]yes[/]"
+        table.add_row(*cells)
     console.print(table)
+    left_out = [c.split("\n")[0] for c in _OPTIONAL if c not in extra]
+    if left_out:
+        console.print(f"Not shown at this width: {', '.join(left_out)} (--format json has all).")
     hidden = len(result.outcomes) - len(shown)
     if hidden > 0:
         console.print(f"… {hidden} more instance(s): --top N or --format json shows them")
@@ -219,7 +267,10 @@ def backtest(  # typer calls commands with keyword arguments only
         bool, typer.Option("--from-gcp", help="Replay the GCP fleet's Cloud Monitoring history.")
     ] = False,
     synthetic: Annotated[
-        bool, typer.Option("--synthetic", help="Replay the synthetic training fleet (seed 7).")
+        bool,
+        typer.Option(
+            "--synthetic", help="Replay the synthetic training fleet (40 machines, seed 7)."
+        ),
     ] = False,
     synthetic_notebooks: Annotated[
         bool,
@@ -243,7 +294,9 @@ def backtest(  # typer calls commands with keyword arguments only
     output: Annotated[
         BacktestFormat, typer.Option("--format", "-f", help="table or json.")
     ] = BacktestFormat.TABLE,
-    top: Annotated[int, typer.Option("--top", help="Instances shown in the table.")] = 25,
+    top: Annotated[
+        int, typer.Option("--top", min=0, help="Instances shown in the table (0: totals only).")
+    ] = 25,
     config: ConfigOption = None,
     overrides: SetOption = None,
 ) -> None:
@@ -281,10 +334,7 @@ def backtest(  # typer calls commands with keyword arguments only
     if output is BacktestFormat.JSON:
         sys.stdout.write(json.dumps(_document(result, cfg, source, seconds), indent=2) + "\n")
         return
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
-    _table(result, source, max(0, top), console)
+    _table(result, source, top, data_console())
 
 
 def register(app: typer.Typer) -> None:

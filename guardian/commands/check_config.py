@@ -10,7 +10,7 @@ import yaml
 
 from guardian.commands.common import ConfigOption, SetOption
 from guardian.config import Config, load_config, masked_dump
-from guardian.errors import GuardianError
+from guardian.errors import ConfigError, GuardianError
 
 __all__ = ["register"]
 
@@ -23,7 +23,13 @@ def check_config(
     ] = False,
 ) -> None:
     """Validate the config and print the effective settings with secrets masked."""
+    from guardian.daemon.preflight import check_daemon_config
+
     cfg, path = load_config(config, overrides or ())
+    try:
+        check_daemon_config(cfg)  # what `guardian run` would refuse at start, refused here too
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}" if path else str(exc)) from exc
     typer.echo(f"# config OK: {path if path else 'built-in defaults (no config file found)'}")
     typer.echo(yaml.safe_dump(masked_dump(cfg), sort_keys=False).rstrip())
     if not probe:

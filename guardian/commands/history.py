@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console
 from guardian.config import Config, load_config
-from guardian.durations import parse_duration
+from guardian.durations import format_duration, parse_duration
 from guardian.errors import GuardianError
 
 __all__ = ["open_state_store", "register"]
+
+MAX_SINCE = timedelta(days=3650)  # ten years: more than any state database holds
 
 
 class HistoryFormat(StrEnum):
@@ -29,13 +31,12 @@ def _iso(moment: datetime | None) -> str | None:
 
 
 def open_state_store(config: Config) -> Any:
-    """The state database of ``config``; a missing SQLite file is a one-line error."""
-    import sqlalchemy as sa
-
-    from guardian.daemon.store import Store
+    """The state database of ``config``; a missing SQLite file, or a URL or file that is not a
+    database, is a one-line error."""
+    from guardian.daemon.store import Store, check_state_url
 
     url = config.effective_state_url
-    parsed = sa.make_url(url)
+    parsed = check_state_url(url)
     database = parsed.database or ""
     sqlite_file = parsed.get_backend_name() == "sqlite" and database not in ("", ":memory:")
     if sqlite_file and not Path(database).is_file():
@@ -73,6 +74,8 @@ def history(
         window = parse_duration(since)
     except ValueError as exc:
         raise GuardianError(f"--since: {exc}") from exc
+    if window > MAX_SINCE:
+        raise GuardianError(f"--since: at most {format_duration(MAX_SINCE)} (the state's history)")
     cfg, _path = load_config(config, overrides or ())
     now = datetime.now(UTC)
     store = open_state_store(cfg)
@@ -130,12 +133,9 @@ def history(
 
 
 def _print_tables(actions: list[dict[str, Any]], notes: list[dict[str, Any]]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=200)
+    console = data_console()
     table = Table(title=f"Actions ({len(actions)})", title_justify="left")
     for column in ("time (UTC)", "instance", "action", "phase", "outcome", "detail"):
         table.add_column(column, overflow="fold")

@@ -6,7 +6,6 @@ The table reuses ``pricing.assess``, so the premium shown here is the one the au
 from __future__ import annotations
 
 import json
-import sys
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import TYPE_CHECKING, Annotated, Any
@@ -182,11 +181,11 @@ def _money(value: float | None) -> str:
 
 
 def _print_tables(sections: list[dict[str, Any]], config: Config) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    # Not a terminal (a pipe, a log): wide enough that no column is cut.
-    console = Console(width=None if sys.stdout.isatty() else 170)
+    from guardian.commands.common import data_console
+
+    console = data_console()  # not a terminal: COLUMNS, else wide enough that nothing is cut
     low, high = config.cost.rule_of_thumb
     for section in sections:
         heading = f"{section['provider']} {section['region']} · " + " + ".join(
@@ -196,7 +195,13 @@ def _print_tables(sections: list[dict[str, Any]], config: Config) -> None:
             heading += f" — {section['note']}"
         console.print(heading, style="bold", highlight=False)
         if section["gpu_types"]:
-            console.print(_gpu_table(section["gpu_types"], low, high))
+            table, hidden = _gpu_table(section["gpu_types"], low, high, console.width)
+            console.print(table)
+            if hidden:
+                console.print(
+                    f"Not shown at this width: {', '.join(hidden)} (--format json has them).",
+                    highlight=False,
+                )
         if section["accelerators"]:
             attached = Table(title="GPUs by the hour", title_justify="left")
             attached.add_column("Accelerator type")
@@ -214,39 +219,63 @@ def _print_tables(sections: list[dict[str, Any]], config: Config) -> None:
         console.print()
 
 
-def _gpu_table(rows: list[dict[str, Any]], low: float, high: float) -> Table:
+# Never cut, at any width; the others join, in this order, as the width allows.
+_PRICE_ESSENTIAL = ("GPU type", "$/h", "CPU equivalent", "CPU $/h", "Premium")
+_PRICE_OPTIONAL = ("rule", "GPUs", "vCPU", "Memory GiB")
+_PRICE_ORDER: tuple[str, ...] = ("GPU type", "GPUs", "vCPU", "Memory GiB", "$/h")
+_PRICE_ORDER += ("CPU equivalent", "CPU $/h", "Premium", "rule")
+
+
+def _gpu_row(row: dict[str, Any], low: float, high: float) -> dict[str, str]:
+    gpus = f"{row['gpu_count']} × {row['gpu_model'] or 'GPU'}"
+    if row["gpu_memory_gib"]:
+        gpus += f" {row['gpu_memory_gib']:g} GiB"
+    equivalent = row["cpu_equivalent"] or {}
+    return {
+        "GPU type": row["instance_type"],
+        "GPUs": gpus,
+        "vCPU": f"{row['vcpus']:g}",
+        "Memory GiB": f"{row['memory_gib']:g}",
+        "$/h": _money(row["hourly_price"]),
+        "CPU equivalent": equivalent.get("instance_type", row["reason"] or "—"),
+        "CPU $/h": _money(equivalent.get("hourly_price")),
+        "Premium": "—" if row["premium"] is None else f"{row['premium']:.2f}×",
+        "rule": _reading(row["rule_of_thumb"], low, high),
+    }
+
+
+def _gpu_table(
+    rows: list[dict[str, Any]], low: float, high: float, width: int
+) -> tuple[Table, list[str]]:
+    """The GPU types of one region, fitted to ``width``: essential columns whole, the rest as
+    they fit (``--format json`` has every value)."""
+    from rich import box
     from rich.table import Table
 
-    table = Table()
-    for header, justify in (
-        ("GPU type", "left"),
-        ("GPUs", "left"),
-        ("vCPU", "right"),
-        ("Memory GiB", "right"),
-        ("$/h", "right"),
-        ("CPU equivalent", "left"),
-        ("CPU $/h", "right"),
-        ("Premium", "right"),
-        (f"{low:g}–{high:g}× rule", "left"),
-    ):
-        table.add_column(header, justify=justify)  # type: ignore[arg-type]
-    for row in rows:
-        gpus = f"{row['gpu_count']} × {row['gpu_model'] or 'GPU'}"
-        if row["gpu_memory_gib"]:
-            gpus += f" {row['gpu_memory_gib']:g} GiB"
-        equivalent = row["cpu_equivalent"] or {}
-        table.add_row(
-            row["instance_type"],
-            gpus,
-            f"{row['vcpus']:g}",
-            f"{row['memory_gib']:g}",
-            _money(row["hourly_price"]),
-            equivalent.get("instance_type", row["reason"] or "—"),
-            _money(equivalent.get("hourly_price")),
-            "—" if row["premium"] is None else f"{row['premium']:.2f}×",
-            _reading(row["rule_of_thumb"], low, high),
-        )
-    return table
+    from guardian.report.table import fit_columns
+
+    cells = [_gpu_row(row, low, high) for row in rows]
+    headers = {c: c for c in _PRICE_ORDER} | {"rule": f"{low:g}–{high:g}× rule"}
+
+    def widest(column: str) -> int:
+        return max(len(text) for text in [headers[column], *(c[column] for c in cells)])
+
+    def longest_word(column: str) -> int:
+        texts = [headers[column], *(c[column] for c in cells)]
+        return max(len(word) for text in texts for word in text.split())
+
+    used = 2 + sum(widest(c) + 3 for c in _PRICE_ESSENTIAL)
+    optional = [(c, widest(c), longest_word(c)) for c in _PRICE_OPTIONAL]
+    extra, _ = fit_columns(width, used, optional)
+    table = Table(box=box.SIMPLE_HEAD)
+    columns = [c for c in _PRICE_ORDER if c in _PRICE_ESSENTIAL or c in extra]
+    for column in columns:
+        justify = "left" if column in ("GPU type", "GPUs", "CPU equivalent", "rule") else "right"
+        wrap = {"no_wrap": True} if column in _PRICE_ESSENTIAL else {"overflow": "fold"}
+        table.add_column(headers[column], justify=justify, **wrap)  # type: ignore[arg-type]
+    for row in cells:
+        table.add_row(*(row[c] for c in columns))
+    return table, [headers[c] for c in _PRICE_OPTIONAL if c not in extra]
 
 
 @prices_app.callback(invoke_without_command=True)

@@ -11,10 +11,9 @@ import sys
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
 from guardian.commands.audit import OutputFormat, audit_once
-from guardian.commands.common import ConfigOption, SetOption
+from guardian.commands.common import ConfigOption, SetOption, data_console
 
 __all__ = ["register"]
 
@@ -23,7 +22,11 @@ def rightsize(
     config: ConfigOption = None,
     region: Annotated[
         list[str] | None,
-        typer.Option("--region", "-r", help="Only this AWS region (repeatable); GCP VMs filtered."),
+        typer.Option(
+            "--region",
+            "-r",
+            help="Only this region (repeatable): AWS like us-east-1, GCP like us-central1.",
+        ),
     ] = None,
     output: Annotated[
         OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
@@ -40,10 +43,7 @@ def rightsize(
     elif output is OutputFormat.CSV:
         sys.stdout.write(rightsize_csv(result))
     else:
-        console = Console()
-        if not console.is_terminal:
-            console = Console(width=200)
-        print_rightsize(result, console)
+        print_rightsize(result, data_console())
 
 
 def register(app: typer.Typer) -> None:

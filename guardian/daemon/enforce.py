@@ -275,7 +275,8 @@ class Enforcer(StopSteps):
                 reason="; ".join(finding.decision.reasons),
                 episode_id=episode.id,
             )
-            cyc.rec.alert(tx, resumed_message(finding), f"resumed:{episode.id}", inst)
+            message = resumed_message(finding, dry_run=self._config.dry_run)
+            cyc.rec.alert(tx, message, f"resumed:{episode.id}", inst)
         cyc.summary.resumed += 1
         log.info("instance_resumed", verdict=verdict.value)
 
@@ -347,6 +348,6 @@ class Enforcer(StopSteps):
                 episode.id, blocked_reason=reason, stop_state="blocked" if permanent else None
             )
             if permanent:
-                message = not_stopped_message(finding, text)
+                message = not_stopped_message(finding, text, dry_run=self._config.dry_run)
                 cyc.rec.alert(tx, message, f"not_stopped:{episode.id}", inst)
         cyc.summary.blocked[reason] += 1

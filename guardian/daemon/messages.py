@@ -247,15 +247,20 @@ def _facts(finding: Finding) -> list[Line]:
     return lines
 
 
+def _gcloud_target(instance: GpuInstance) -> str:
+    """``NAME --project P --zone Z``: what every gcloud command needs to find the VM, which a
+    user's default project and zone need not be."""
+    return (
+        f"{neutralize(instance.name or instance.instance_id)} --project "
+        f"{neutralize(instance.account)} --zone {neutralize(instance.zone)}"
+    )
+
+
 def _keep_alive(instance: GpuInstance, until: datetime) -> list[Line]:
     """How to keep the machine, in the tag or label spelling of its cloud."""
     if instance.provider == "gcp":
         keep = f"guardian-keep-until={format_keep_until(until, label=True)}"
-        command = (
-            f"gcloud compute instances add-labels {neutralize(instance.instance_id)} "
-            f"--project {neutralize(instance.account)} --zone {neutralize(instance.zone)} "
-            f"--labels={keep}"
-        )
+        command = f"gcloud compute instances add-labels {_gcloud_target(instance)} --labels={keep}"
         protect = "guardian-protect=true"
     else:
         keep = f"guardian:keep-until={format_keep_until(until)}"
@@ -352,13 +357,14 @@ def _local_disk_note(finding: Finding) -> str:
     return f"the agent reports {used_gib:.2f} GiB in use there beyond empty filesystems."
 
 
-def resumed_message(finding: Finding) -> Message:
+def resumed_message(finding: Finding, *, dry_run: bool = False) -> Message:
     inst, decision = finding.instance, finding.decision
     why = "; ".join(decision.reasons) or decision.verdict.value
+    prefix = "[dry run] " if dry_run else ""
     return Message(
         "resumed",
         "success",
-        _title("Warning withdrawn: GPU instance ", inst, f" is {decision.verdict.value}"),
+        _title(f"{prefix}Warning withdrawn: GPU instance ", inst, f" is {decision.verdict.value}"),
         (
             (
                 t("No longer idle ("),
@@ -380,8 +386,7 @@ def stopped_message(
     verb = done.get(action, action)
     prefix = f"[dry run] Would have {verb.lower()}" if dry_run else verb
     start = (
-        f"gcloud compute instances start {neutralize(inst.instance_id)} --zone "
-        f"{neutralize(inst.zone)}"
+        f"gcloud compute instances start {_gcloud_target(inst)}"
         if inst.provider == "gcp"
         else f"aws ec2 start-instances --region {neutralize(inst.region)} --instance-ids "
         f"{neutralize(inst.instance_id)}"
@@ -426,11 +431,14 @@ def stop_failed_message(finding: Finding, error: str, *, retried: bool = True) -
     )
 
 
-def not_stopped_message(finding: Finding, reason: str) -> Message:
+def not_stopped_message(finding: Finding, reason: str, *, dry_run: bool = False) -> Message:
+    prefix = "[dry run] " if dry_run else ""
     return Message(
         "not_stopped",
         "warning",
-        _title("Idle GPU instance ", finding.instance, " is past its deadline: not stopped"),
+        _title(
+            f"{prefix}Idle GPU instance ", finding.instance, " is past its deadline: not stopped"
+        ),
         ((b("Not stopped: "), t(reason), t(". Please stop it yourself.")), *_facts(finding)),
     )
 

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 import structlog
 
-from guardian.config import Config, load_config
+from guardian.config import Config, Mode, load_config
 from guardian.cycle import CycleResult
 from guardian.daemon import sdnotify
 from guardian.daemon.coordination import DIGEST_LOCK, coordinator_for
@@ -38,10 +38,11 @@ from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.messages import Saving, digest_message, top_savings
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
+from guardian.daemon.preflight import digest_trigger
 from guardian.daemon.shared_files import PriceCacheSync
 from guardian.daemon.store import Store
 from guardian.daemon.units import ReplicaCycle, UnitRunner
-from guardian.errors import ConfigError, GuardianError
+from guardian.errors import GuardianError
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider
 from guardian.report.document import totals
@@ -66,7 +67,7 @@ def _utcnow() -> datetime:
 def _default_providers(config: Config) -> Sequence[Provider]:
     from guardian.providers.factory import build_providers
 
-    return build_providers(config)
+    return build_providers(config, caller="daemon")
 
 
 def _default_catalog(state_dir: Path) -> PriceCatalog:
@@ -93,18 +94,6 @@ def open_store(url: str, stopping: threading.Event) -> Store:
             if stopping.wait(delay):
                 raise GuardianError(f"state database unreachable: {reason}") from exc
             delay = min(delay * 2, 30.0)
-
-
-def _digest_trigger(config: Config) -> BaseTrigger | None:
-    from apscheduler.triggers.cron import CronTrigger
-
-    expression = config.notify.digest.strip()
-    if not expression:
-        return None
-    try:
-        return CronTrigger.from_crontab(expression, timezone=UTC)
-    except ValueError as exc:
-        raise ConfigError(f"notify.digest: not a cron expression {expression!r}: {exc}") from exc
 
 
 def _backoff_base(config: Config) -> timedelta:
@@ -142,7 +131,14 @@ class _Runtime:
         providers: ProviderFactory,
     ) -> None:
         validate_notify_urls(config.notify)
-        self.digest_trigger = _digest_trigger(config)
+        if config.mode is not Mode.AUDIT and not config.notify.urls:
+            # Without a channel, alerts are queued and recorded but reach nobody: say so.
+            log.warning(
+                "alerts_go_nowhere",
+                mode=config.mode.value,
+                hint="set notify.urls (apprise URLs); guardian history still shows them",
+            )
+        self.digest_trigger = digest_trigger(config)
         self.config = config
         self.providers = list(providers(config))
         self.notifier = Notifier(
@@ -327,7 +323,7 @@ class Daemon:
             enabled = {"aws": config.aws.enabled, "gcp": config.gcp.enabled}
             for provider in (name for name, on in enabled.items() if on):
                 try:
-                    source = source_for(provider, config)
+                    source = source_for(provider, config, caller="daemon")
                     regions = default_regions(provider, config, config.state_dir)
                     report = refresh(source, regions, config.state_dir, self._clock())
                 except GuardianError as exc:

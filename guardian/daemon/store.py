@@ -33,7 +33,7 @@ from guardian.daemon.schema import (
     replicas,
 )
 from guardian.daemon.store_outbox import OutboxRow, OutboxTx
-from guardian.errors import ConfigError
+from guardian.errors import ConfigError, GuardianError
 from guardian.model import Finding, GpuInstance
 from guardian.policy import Episode
 
@@ -45,6 +45,7 @@ __all__ = [
     "OutboxRow",
     "Store",
     "Tx",
+    "check_state_url",
 ]
 
 MIGRATIONS = Path(__file__).with_name("migrations")
@@ -314,6 +315,28 @@ class Tx(OutboxTx):
 MIGRATION_LOCK = 0x67676D6967
 
 
+def check_state_url(url: str) -> sa.URL:
+    """The parsed ``state_url``; a ``ConfigError`` for what is not an SQLite or PostgreSQL URL."""
+    try:
+        parsed = sa.make_url(url)
+    except sa.exc.ArgumentError as exc:
+        raise ConfigError(f"state_url: not a database URL: {exc}") from exc
+    if parsed.get_backend_name() not in ("sqlite", "postgresql"):
+        raise ConfigError(
+            f"state_url: {parsed.get_backend_name()} is not supported: use sqlite:// or "
+            "postgresql+psycopg://"
+        )
+    return parsed
+
+
+def _where(url: str) -> str:
+    """The database for a message: the SQLite file, or the URL with its password masked."""
+    parsed = sa.make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        return parsed.database or ":memory:"
+    return parsed.render_as_string(hide_password=True)
+
+
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     # WAL lets `guardian history` read while the daemon writes; busy_timeout rides out the
     # short write locks instead of failing with "database is locked".
@@ -330,10 +353,7 @@ class Store:
 
     def __init__(self, url: str) -> None:
         self.url = url
-        try:
-            parsed = sa.make_url(url)
-        except sa.exc.ArgumentError as exc:
-            raise ConfigError(f"state_url: not a database URL: {exc}") from exc
+        parsed = check_state_url(url)
         kwargs: dict[str, Any] = {"future": True}
         self.is_postgres = parsed.get_backend_name() == "postgresql"
         if parsed.get_backend_name() == "sqlite":
@@ -361,9 +381,20 @@ class Store:
 
     @classmethod
     def open(cls, url: str) -> Store:
-        """Open the database and bring its schema to the newest version."""
+        """Open the database and bring its schema to the newest version.
+
+        A file that is not SQLite, a directory, a database that refuses the connection: one
+        line naming the database (``GuardianError``), never a traceback."""
         store = cls(url)
-        store.migrate()
+        try:
+            store.migrate()
+        except sa.exc.SQLAlchemyError as exc:
+            store.close()
+            reason = getattr(exc, "orig", None) or exc
+            raise GuardianError(
+                f"state database {_where(url)}: {str(reason).splitlines()[0]} "
+                "(check state_dir / state_url)"
+            ) from exc
         return store
 
     def migrate(self) -> None:

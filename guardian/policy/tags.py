@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 __all__ = [
     "KEEP_UNTIL_TAGS",
@@ -91,7 +91,8 @@ def protection(tags: Mapping[str, str], now: datetime) -> Protection:
             return Protection(
                 True,
                 f"tag {key}={value!r} is not a time; treated as protected",
-                problem=f"malformed tag {key}={value!r}: use e.g. 2026-11-26T14:00Z",
+                problem=f"malformed tag {key}={value!r}: use e.g. "
+                f"{format_keep_until((now + timedelta(days=1)).replace(hour=14, minute=0))}",
             )
         if until > now:
             return Protection(True, f"tag {key} keeps it until {format_keep_until(until)}")

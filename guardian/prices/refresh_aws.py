@@ -22,6 +22,8 @@ if TYPE_CHECKING:
     from mypy_boto3_pricing import PricingClient
     from mypy_boto3_pricing.type_defs import FilterTypeDef
 
+    from guardian.providers import Caller
+
 __all__ = ["AwsPricingSource", "parse_ec2_product"]
 
 log = structlog.get_logger(__name__)
@@ -166,15 +168,14 @@ class AwsPricingSource:
     name: str = "aws-pricing-api"
 
     @classmethod
-    def from_environment(cls) -> AwsPricingSource:
+    def from_environment(cls, caller: Caller = "interactive") -> AwsPricingSource:
         """A client from the standard AWS credential chain (``AWS_ENDPOINT_URL`` honoured)."""
         import boto3
-        from botocore.config import Config as BotoConfig
+
+        from guardian.providers.aws.clients import PATIENCE, boto_config
 
         client = boto3.session.Session().client(
-            "pricing",
-            region_name=PRICING_REGION,
-            config=BotoConfig(retries={"mode": "standard", "max_attempts": 5}, read_timeout=60),
+            "pricing", region_name=PRICING_REGION, config=boto_config(PATIENCE[caller])
         )
         return cls(client)
 

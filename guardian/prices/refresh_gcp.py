@@ -33,6 +33,7 @@ from guardian.providers.gcp.errors import map_google_error
 
 if TYPE_CHECKING:
     from guardian.config import Config, GcpConfig
+    from guardian.providers import Caller
 
 __all__ = [
     "COMPUTE_ENGINE",
@@ -186,28 +187,39 @@ class GcpCatalogSource:
         client: Any,
         shapes: Mapping[str, TypePrice] | None = None,
         close: Callable[[], None] | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         self._client = client
         self._close = close
+        self._timeout_s = timeout_s  # one page's deadline; None: the library's default
         self._shapes = dict(shapes) if shapes is not None else _embedded_shapes()
         self._rates: SkuRates | None = None
         self.api_calls = 0
 
     @classmethod
-    def from_config(cls, gcp: GcpConfig) -> GcpCatalogSource:
+    def from_config(cls, gcp: GcpConfig, caller: Caller = "interactive") -> GcpCatalogSource:
         """A CloudCatalogClient from ``gcp.credentials`` and ``gcp.billing_endpoint``."""
-        from guardian.providers.gcp.clients import GcpClients, resolve_credentials
+        from guardian.providers.gcp.clients import PATIENCE, GcpClients, resolve_credentials
 
         credentials, _ = resolve_credentials(gcp)
         clients = GcpClients(gcp, credentials)
-        return cls(clients.catalog(), close=clients.close)
+        patience = PATIENCE[caller]
+        return cls(
+            clients.catalog(),
+            close=clients.close,
+            timeout_s=patience.connect_s + patience.read_s,
+        )
 
     def close(self) -> None:
         if self._close is not None:
             self._close()
 
+    def _timeout(self) -> dict[str, float]:
+        return {} if self._timeout_s is None else {"timeout": self._timeout_s}
+
     def _service_name(self) -> str:
-        for page in self._client.list_services(request={"page_size": 200}).pages:
+        services = self._client.list_services(request={"page_size": 200}, **self._timeout())
+        for page in services.pages:
             self.api_calls += 1
             for service in page.services:
                 if service.display_name == COMPUTE_ENGINE:
@@ -223,7 +235,8 @@ class GcpCatalogSource:
             try:
                 parent = self._service_name()
                 pager = self._client.list_skus(
-                    request={"parent": parent, "currency_code": "USD", "page_size": 5000}
+                    request={"parent": parent, "currency_code": "USD", "page_size": 5000},
+                    **self._timeout(),
                 )
 
                 def skus() -> Iterable[Any]:

@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from guardian.model import GpuInstance, GpuUtilisation, ScalingGroup
 
 __all__ = [
+    "Caller",
     "Discovery",
+    "Patience",
     "Provider",
     "ScalingGroups",
     "StopResult",
@@ -22,6 +24,28 @@ __all__ = [
     "UnitError",
     "UnitPlan",
 ]
+
+# Who is waiting on the cloud: a person at a terminal (audit, check-config --probe, backtest,
+# prices) or a service (the daemon, the agent), which can wait longer and retry more.
+Caller = Literal["interactive", "daemon"]
+
+
+@dataclass(frozen=True)
+class Patience:
+    """How long one API call may take and how often it is tried before its unit (account and
+    region, project) is given up for this cycle. Each cloud keeps its two settings, one per
+    ``Caller``, in one place: ``PATIENCE`` in ``providers/aws/clients.py`` and
+    ``providers/gcp/clients.py``."""
+
+    connect_s: float  # to open the connection
+    read_s: float  # for the answer to a request (between bytes, for a streamed one)
+    attempts: int  # tries in all, the first included
+
+    @property
+    def worst_case_s(self) -> float:
+        """The longest one call can take against an endpoint that never answers: every
+        attempt's connect and read timeouts, plus the SDKs' backoff between attempts."""
+        return self.attempts * (self.connect_s + self.read_s) + 2.0 ** (self.attempts - 1)
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from guardian.config import Config
+from guardian.config import Config, is_aws_region
 from guardian.model import InstanceMetric
-from guardian.providers import Provider
+from guardian.providers import Caller, Provider
 
 if TYPE_CHECKING:
     from guardian.providers.aws.metrics import InstanceSeriesSpec
@@ -130,21 +130,36 @@ def gcp_instance_series(config: Config) -> tuple[GcpInstanceSeriesSpec, ...]:
 
 
 def restrict_regions(config: Config, regions: Sequence[str]) -> Config:
-    """The config with ``aws.regions`` narrowed to ``regions`` (``--region`` on the CLI)."""
+    """The config narrowed to ``regions`` (``--region`` on the CLI): AWS names (``us-east-1``)
+    become ``aws.regions``, the others are GCP's. A cloud none of them names is not asked at
+    all (``--region us-central1`` used to send us-central1 to EC2 too)."""
     if not regions:
         return config
-    aws = config.aws.model_copy(update={"regions": list(dict.fromkeys(regions))})
-    return config.model_copy(update={"aws": aws})
+    wanted = list(dict.fromkeys(regions))
+    aws_regions = [r for r in wanted if is_aws_region(r)]
+    aws = config.aws.model_copy(
+        update={"regions": aws_regions} if aws_regions else {"enabled": False}
+    )
+    gcp = config.gcp
+    if len(aws_regions) == len(wanted):
+        gcp = gcp.model_copy(update={"enabled": False})
+    return config.model_copy(update={"aws": aws, "gcp": gcp})
 
 
-def build_providers(config: Config, *, instance_series: bool = True) -> list[Provider]:
+def build_providers(
+    config: Config, caller: Caller = "interactive", *, instance_series: bool = True
+) -> list[Provider]:
     """The enabled providers, each reading the per-instance series the config asks for;
-    ``instance_series=False`` reads the GPUs' series only (a backtest's history needs nothing
-    else)."""
+    ``caller`` sets how long their API calls may wait (``Patience``); ``instance_series=False``
+    reads the GPUs' series only (a backtest's history needs nothing else)."""
     providers: list[Provider] = []
     for cloud, enabled in (("aws", config.aws.enabled), ("gcp", config.gcp.enabled)):
         if enabled:
-            options: dict[str, Any] = {} if instance_series else {"instance_series": ()}
+            options: dict[str, Any] = {"caller": caller}
+            if cloud == "aws":
+                options["keep_types_on_disk"] = True  # the next audit skips the type listing
+            if not instance_series:
+                options["instance_series"] = ()
             providers.append(build_provider(config, cloud, **options))
     return providers
 

@@ -112,24 +112,24 @@ def rightsize_csv(result: CycleResult) -> str:
     return out.getvalue()
 
 
+# The "Why" column joins the table when it can be at least this wide; else the reasons follow
+# the table as a list, one per line (at 80 columns a reason in a cell wrapped over 17 lines).
+_WHY_LEAST = 50
+
+
 def print_rightsize(result: CycleResult, console: Console) -> None:
-    """The recommendations as a table, the marked instances under it, and the total."""
+    """The recommendations as a table that fits the console (the instance id, the type now,
+    the suggestion and the GPUs used whole; the reason in the table when there is room, else
+    listed under it), the marked instances under it, and the total."""
     from rich import box
     from rich.table import Table
+    from rich.text import Text
 
-    from guardian.report.table import suggestion
+    from guardian.report.table import fit_columns, suggestion
 
     rows = recommended(result.findings)
     if rows:
-        table = Table(box=box.SIMPLE_HEAVY, header_style="bold", expand=False)
-        for header, justify in (
-            ("Instance", "left"),
-            ("Now", "left"),
-            ("Suggest", "left"),
-            ("GPUs used\npeak MiB", "right"),
-            ("Why", "left"),
-        ):
-            table.add_column(header, justify=justify)  # type: ignore[arg-type]
+        cells = []
         for finding in rows:
             rec = finding.recommendation
             assert rec is not None
@@ -137,16 +137,44 @@ def print_rightsize(result: CycleResult, console: Console) -> None:
             price = finding.price.hourly_price
             now = inst.instance_type + (f"\n${price:,.3f}/h" if price is not None else "")
             cpu = rec.move_to_cpu
-            also = f"\nor CPU {cpu.instance_type} −${cpu.saves_usd_month:,.0f}/mo" if cpu else ""
+            also = f"\nor CPU {cpu.instance_type}\n−${cpu.saves_usd_month:,.0f}/mo" if cpu else ""
             peak = "—" if rec.peak_gpu_mem_mib is None else f"{rec.peak_gpu_mem_mib:,.0f}"
-            table.add_row(
-                f"{inst.name or '—'}\n{inst.instance_id}",
-                now,
-                suggestion(rec) + also,
-                f"{rec.gpus_used}/{inst.gpu_count}\n{peak}",
-                rec.reason,
+            cells.append((now, suggestion(rec) + also, f"{rec.gpus_used}/{inst.gpu_count}\n{peak}"))
+        headers = ("Now", "Suggest", "GPUs used\npeak MiB")
+        widths = [
+            max(len(line) for text in (header, *(c[n] for c in cells)) for line in text.split("\n"))
+            for n, header in enumerate(headers)
+        ]
+        ids = max([len("Instance")] + [len(f.instance.instance_id) for f in rows])
+        names = max([ids] + [len(f.instance.name or "") for f in rows])
+        used = 2 + ids + 3 + sum(w + 3 for w in widths)
+        reasons = [f.recommendation.reason for f in rows if f.recommendation]
+        shown, used = fit_columns(
+            console.width, used, [("Why", max(map(len, reasons)), _WHY_LEAST)]
+        )
+        instance_width = max(ids, min(names, ids + max(0, console.width - used)))
+        table = Table(box=box.SIMPLE_HEAVY, header_style="bold", expand=False)
+        table.add_column("Instance", no_wrap=True, width=instance_width)
+        for header, justify in zip(headers, ("left", "left", "right"), strict=True):
+            table.add_column(header, justify=justify, no_wrap=True)  # type: ignore[arg-type]
+        if "Why" in shown:
+            table.add_column("Why")
+        for finding, row in zip(rows, cells, strict=True):
+            inst = finding.instance
+            name = Text(inst.name or "—", no_wrap=True)
+            name.truncate(instance_width, overflow="ellipsis")
+            extra = (
+                [finding.recommendation.reason] if "Why" in shown and finding.recommendation else []
             )
+            table.add_row(Text("\n").join([name, Text(inst.instance_id)]), *row, *extra)
         console.print(table)
+        if "Why" not in shown:
+            console.print("Why", style="bold")
+            for finding in rows:
+                assert finding.recommendation is not None
+                label = finding.instance.name or finding.instance.instance_id
+                console.print(f"{label}: {finding.recommendation.reason}", highlight=False)
+            console.print()
     total = sum(map(_saving, rows))
     console.print(
         f"{len(rows)} recommendation{'s' if len(rows) != 1 else ''} · right-sizing would save "

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from guardian.config import Config
+from guardian.policy import format_keep_until
 from guardian.simulated.aws import Reading, SimInstance, constant
 
 __all__ = ["DEMO_GROUP", "DEMO_REGIONS", "DemoCloud", "demo_fleet", "simulated_cloud"]
@@ -52,18 +53,21 @@ def _host(rng: random.Random, low: float, high: float, points: int) -> list[floa
     return [round(rng.uniform(low, high), 1) for _ in range(points)]
 
 
-def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
+def demo_fleet(now: datetime, seed: int = 7) -> dict[str, list[SimInstance]]:
     """Region → instances: every verdict, a spot instance, one without the GPU agent, the
     owners enforcement must leave alone: an EKS node, reserved capacity, local disks with data
     or not reported (the Auto Scaling group is ``DEMO_GROUP``, launched by the group itself),
-    and right-sizing's cases (one GPU of four working, with and without host metrics)."""
+    and right-sizing's cases (one GPU of four working, with and without host metrics).
+
+    Every time in it is derived from ``now``: the demo shows the same verdicts on any day.
+    """
     rng = random.Random(seed)
     h = HISTORY_MINUTES
 
     def tags(name: str, owner: str, **extra: str) -> dict[str, str]:
         return {"Name": name, "owner": owner, **extra}
 
-    tomorrow = "2026-12-31T18:00Z"
+    tomorrow = format_keep_until((now + timedelta(days=1)).replace(hour=18, minute=0))
     return {
         "us-east-1": [
             # Fine-tuning finished 95 minutes ago and released its memory: idle (job ended).
@@ -175,7 +179,7 @@ def demo_fleet(seed: int = 7) -> dict[str, list[SimInstance]]:
                 tags=tags("eval-paused", "carol"),
                 age=timedelta(hours=12),
             ),
-            # Kept on purpose until the end of the year.
+            # Kept on purpose until tomorrow evening.
             SimInstance(
                 "g4dn.2xlarge",
                 constant(0.0, 300.0, h),
@@ -242,7 +246,7 @@ def _seed_aws(endpoint: str, now: datetime) -> None:
     from guardian.simulated.aws import put_gpu_metrics, seed_fleet
 
     _seed_group(endpoint, now)
-    for region, fleet in demo_fleet().items():
+    for region, fleet in demo_fleet(now).items():
         ec2 = boto3.client("ec2", region_name=region, endpoint_url=endpoint)
         cloudwatch = boto3.client("cloudwatch", region_name=region, endpoint_url=endpoint)
         launched = seed_fleet(ec2, cloudwatch, fleet, now, in_process=True)

@@ -77,7 +77,8 @@ class FakeVm:
     labels: dict[str, str] = field(default_factory=dict)
     provisioning_model: str = "STANDARD"  # STANDARD | SPOT | PREEMPTIBLE (legacy)
     local_ssd: bool = False
-    created_at: datetime = field(default_factory=lambda: datetime(2026, 1, 1, tzinfo=UTC))
+    # Long before any test's clock unless given: a VM created "a while ago", on any date.
+    created_at: datetime = field(default_factory=lambda: datetime.fromtimestamp(0, UTC))
     last_started_at: datetime | None = None
     status: str = "RUNNING"
     instance_id: int = 0  # 0: derived from project and name when added

@@ -143,6 +143,7 @@ def guardian(
         if not key.startswith(("AWS_", "GUARDIAN_", "NOTIFY_SOCKET", "WATCHDOG_"))
     }
     env.update(fake_aws_env(moto_server.endpoint_url))
+    env["GUARDIAN_POLL_FLOOR"] = "1s"  # these daemons poll the simulated cloud every 2 s
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     env["NOTIFY_SOCKET"] = str(notify_socket.path)
     process = GuardianProcess(tmp_path, env)

@@ -121,6 +121,7 @@ def _environment(endpoint: str) -> dict[str, str]:
         if not key.startswith(("AWS_", "GUARDIAN_", "NOTIFY_SOCKET", "WATCHDOG_"))
     }
     env.update(fake_aws_env(endpoint))
+    env["GUARDIAN_POLL_FLOOR"] = "1s"  # these replicas poll the simulated cloud every 3 s
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 

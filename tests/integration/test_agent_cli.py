@@ -128,7 +128,15 @@ def test_running_agent_status_metrics_and_clean_exit(tmp_path: Path) -> None:
 def test_keep_writes_and_cancels(tmp_path: Path) -> None:
     done = _run("agent", "keep", "2h", "--run-dir", str(tmp_path))
     assert done.returncode == 0
-    assert done.stdout.startswith("autostop postponed until ")
+    assert done.stdout.startswith("kept until ")
+    assert "no agent is running here now" in done.stdout
+    # What it says depends on whether the running agent would stop the machine (issue 12).
+    for autostop, said in ((False, "autostop is off"), (True, "autostop postponed until ")):
+        status = {"agent": {"running": True, "autostop": autostop}}
+        (tmp_path / "agent-status.json").write_text(json.dumps(status))
+        kept = _run("agent", "keep", "2h", "--run-dir", str(tmp_path))
+        assert said in kept.stdout
+        assert ("postponed" in kept.stdout) is autostop
     assert (tmp_path / "keep-until").read_text().strip().endswith("+00:00")
     too_long = _run("agent", "keep", "30d", "--run-dir", str(tmp_path))
     assert too_long.returncode == 2

@@ -106,6 +106,11 @@ def test_prometheus_drops_unknown_values_instead_of_reporting_zero() -> None:
         assert 'gpu="0"' in util_lines[0]
         assert 'guardian_agent_verdict{verdict="unmeasured"} 1.0' in text
         assert 'guardian_agent_gpu_problems_total{severity="fault"} 1.0' in text
+        # No stop is pending and idle minutes are unknown: no sample, not a 0 (issue 12).
+        samples = [line for line in text.splitlines() if not line.startswith("#")]
+        for name in ("guardian_agent_stop_deadline_timestamp_seconds", "guardian_agent_idle_"):
+            assert not [line for line in samples if line.startswith(name)], name
+        assert "# TYPE guardian_agent_stop_deadline_timestamp_seconds gauge" in text
     finally:
         sink.close()
 

@@ -15,11 +15,32 @@ from guardian.simulated.aws import SimInstance, constant, seed_fleet
 from tests.conftest import MotoServer
 
 
+def known_types(state_dir: Path, regions: tuple[str, ...]) -> None:
+    """The instance-type catalog a first audit would leave in the state dir, from moto's own
+    copy: the audits here then skip moto's one-page listing of 1,400 types, several seconds
+    that a loaded machine can stretch past an interactive command's 15 s read timeout."""
+    from dataclasses import asdict
+
+    from moto.ec2.models.instance_types import INSTANCE_TYPES
+
+    from guardian.providers.aws.discovery import gpu_type_from
+    from guardian.providers.aws.type_cache import TypeCacheFile
+
+    gpu = {name: asdict(t) for name, info in INSTANCE_TYPES.items() if (t := gpu_type_from(info))}
+    cache = TypeCacheFile(state_dir)
+    for region in regions:
+        cache.save("123456789012", region, frozenset(INSTANCE_TYPES), gpu)
+
+
 def audit(tmp_path: Path, *args: str, command: str = "audit") -> subprocess.CompletedProcess[str]:
+    known_types(tmp_path, ("us-east-1", "eu-west-1"))
     config = tmp_path / "guardian.yaml"
-    config.write_text(f"state_dir: {tmp_path}\naws: {{regions: [us-east-1, eu-west-1]}}\n")
+    config.write_text(
+        f"state_dir: {tmp_path}\nmetrics: {{listen: ''}}\n"
+        "aws: {regions: [us-east-1, eu-west-1]}\n"
+    )
     return subprocess.run(
-        [sys.executable, "-m", "guardian", command, "--config", str(config), *args],
+        [sys.executable, "-m", "guardian", *command.split(), "--config", str(config), *args],
         capture_output=True,
         text=True,
         timeout=120,
@@ -68,6 +89,11 @@ def test_json_csv_region_and_exit_code(moto_server: MotoServer, tmp_path: Path) 
     assert "idle burn" in table.stdout
     assert "If enforced, 1 idle: 1 would be stopped" in table.stdout
 
+    # `run --once` keeps the same contract (issue 12).
+    once = audit(tmp_path, "--exit-code", command="run --once")
+    assert once.returncode == 1, once.stderr
+    assert "2 GPU instances, 1 idle" in once.stderr
+
 
 def test_check_config_probe_warns_when_enforce_would_stop_nothing(
     moto_server: MotoServer, tmp_path: Path
@@ -77,6 +103,7 @@ def test_check_config_probe_warns_when_enforce_would_stop_nothing(
     ec2, cloudwatch = moto_server.client("ec2"), moto_server.client("cloudwatch")
     # Instance store and no agent reading it: the CloudWatch agent alone publishes GPU metrics.
     seed_fleet(ec2, cloudwatch, [SimInstance("g5.xlarge", idle, count=2)], now)
+    known_types(tmp_path, ("us-east-1",))
     config = tmp_path / "guardian.yaml"
     config.write_text(f"mode: enforce\nstate_dir: {tmp_path}\ncost: {{lookback: 2h}}\n")
     result = subprocess.run(

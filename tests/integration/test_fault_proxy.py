@@ -21,6 +21,7 @@ from urllib3.exceptions import ProtocolError
 
 from guardian.config import Config
 from guardian.errors import Throttled, Unavailable
+from guardian.providers import Patience
 from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.gcp.provider import GcpProvider
 from guardian.simulated.aws import launch_gpu_instances
@@ -192,7 +193,8 @@ def test_gcp_rest_throttling_and_grpc_faults_reach_the_google_clients() -> None:
             },
         }
     )
-    provider = GcpProvider(config, api_deadline_s=1.0)
+    # One second a call and for its retries: a throttled call is given up within the test.
+    provider = GcpProvider(config, patience=Patience(connect_s=0.5, read_s=0.5, attempts=1))
     try:
         found = provider.discover()
         assert [i.name for i in found.instances] == ["nb"]

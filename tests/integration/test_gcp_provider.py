@@ -20,6 +20,7 @@ from guardian.cycle import audit_cycle
 from guardian.errors import AuthError, ConfigError
 from guardian.model import GpuInstance, Lifecycle, Verdict
 from guardian.prices import PriceCatalog
+from guardian.providers import Patience
 from guardian.providers.gcp.probe import probe_credentials
 from guardian.providers.gcp.provider import GcpProvider
 from tests.fakes.gcp_compute import (
@@ -266,7 +267,9 @@ def test_an_unreachable_endpoint_fails_fast_as_a_unit_error(fakes: Fakes) -> Non
 def test_server_errors_are_retried_within_the_deadline_then_reported(fakes: Fakes) -> None:
     _seed(fakes)
     fakes.cs.fail_projects["proj-a"] = (503, "backend unavailable")
-    provider = fakes.provider(["proj-a"], provider_kwargs={"api_deadline_s": 0.6})
+    # Two attempts of 0.3 s each: the retry stops within 0.6 s.
+    patience = Patience(connect_s=0.1, read_s=0.2, attempts=2)
+    provider = fakes.provider(["proj-a"], provider_kwargs={"patience": patience})
     found = provider.discover()
     assert "gave up retrying" in found.errors[0].message
     assert "ServiceUnavailable (503)" in found.errors[0].message
@@ -540,8 +543,3 @@ def test_the_probe_names_the_project_whose_permission_is_missing(fakes: Fakes) -
     config = fakes.provider(["proj-a", "proj-b"])._config
     with pytest.raises(AuthError, match=r"^project proj-b: monitoring.listTimeSeries: "):
         probe_credentials(config)
-
-
-def test_a_period_monitoring_cannot_align_to_is_a_config_error(fakes: Fakes) -> None:
-    with pytest.raises(ConfigError, match=r"^gcp.metrics.period: "):
-        fakes.provider(["proj-a"], gcp={"metrics": {"period": 30}})

@@ -246,3 +246,16 @@ def test_merged_polls_decide_only_when_an_input_changed(monkeypatch: pytest.Monk
     lost = agent.poll()  # the first poll after GPU 1 is lost, mid-bucket: decided at once
     assert lost.decision.verdict is Verdict.UNMEASURED
     assert len(calls) == 300 // 5 + 2
+
+
+def test_the_first_verdict_says_the_agent_has_just_started() -> None:
+    # It used to ask whether "the GPU agent (... or guardian agent)" was running: it is.
+    clock = ManualClock()
+    agent = make_agent(
+        "training-then-idle", clock, config={"agent": {"interval": "1s", "listen": ""}}
+    )
+    first = agent.poll()
+    assert first.decision.verdict is Verdict.UNMEASURED
+    (reason,) = first.decision.reasons
+    assert reason.startswith("this agent has just started")
+    assert "GPU agent" not in reason

@@ -19,7 +19,7 @@ from guardian.agent.poll import PollResult
 from guardian.agent.status import RunDir
 from guardian.config import parse_config
 from guardian.model import Controller, GpuInstance, ManagedBy, Verdict
-from guardian.policy import Step, instance_block
+from guardian.policy import Step, format_keep_until, instance_block
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import FakeProvider, make_instance
 from tests.fakes.local_disks import FakeBlockTree, Usage
@@ -303,7 +303,9 @@ def test_the_agent_and_the_daemon_share_the_instance_gates() -> None:
 
     assert reason() is None
     assert reason(tags={"guardian:protect": "yes"}) == "protected"
-    assert reason(tags={"guardian:keep-until": "2099-01-01T00:00Z"}) == "protected"
+    assert reason(tags={"guardian:keep-until": format_keep_until(now + timedelta(days=1))}) == (
+        "protected"
+    )
     assert reason(spot_one_time=True) == "spot_one_time"
     assert reason(has_instance_store=True) == "local_disk"
     assert reason(launch_time=now - timedelta(minutes=5)) == "min_uptime"

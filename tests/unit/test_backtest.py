@@ -18,6 +18,7 @@ from guardian.cli import app
 from guardian.config import Config, apply_overrides, parse_config
 from guardian.errors import GuardianError
 from guardian.model import GpuInstance, GpuSample, PriceAssessment
+from guardian.providers import UnitError
 from tests.fake_provider import FakeProvider, make_instance
 
 T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
@@ -328,3 +329,17 @@ def test_cli_from_the_cloud_replays_the_provider_history(
     assert row["instance_id"] == "i-forgotten"
     assert row["stopped_at"] is not None
     assert row["reclaimed_hours"] > 3
+
+
+def test_cli_from_the_cloud_without_credentials_says_so(monkeypatch: pytest.MonkeyPatch) -> None:
+    # It used to end with "no GPU history to replay": the cause is the credentials (issue 12).
+    denied = UnitError("aws", "default", "*", "sts:GetCallerIdentity", "no AWS credentials found")
+    provider = FakeProvider([], errors=[denied])
+    monkeypatch.setattr(
+        "guardian.providers.factory.build_providers", lambda cfg, **_: [provider]
+    )
+    result = invoke("--from-cloudwatch", "--days", "2")
+    assert isinstance(result.exception, GuardianError), result.output
+    assert str(result.exception) == (
+        "no GPU history could be read from aws: aws *: no AWS credentials found"
+    )

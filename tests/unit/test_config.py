@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin
 
 import pytest
 import yaml
@@ -18,6 +20,8 @@ from guardian.config import (
     load_config,
     mask_secret_url,
     masked_dump,
+    parse_config,
+    parse_size_mib,
 )
 from guardian.durations import format_duration, parse_duration
 from guardian.errors import ConfigError
@@ -160,7 +164,9 @@ def test_secrets_are_masked() -> None:
                     "mailto://alerts:hunter2@smtp.example.com?to=ops@example.com",
                 ]
             },
-            "aws": {"accounts": [{"role_arn": "arn:aws:iam::1:role/g", "external_id": "xyz"}]},
+            "aws": {
+                "accounts": [{"role_arn": "arn:aws:iam::111111111111:role/g", "external_id": "xyz"}]
+            },
             "state_url": "postgresql+psycopg://guardian:pw@db/guardian",
         }
     )
@@ -185,8 +191,8 @@ def test_local_disks_and_autoscaling_groups_are_validated_with_a_reason() -> Non
     )
     for bad, message in (
         ({"local_disk_unused_below": "5"}, "not a size: '5'"),
-        ({"local_disk_unused_below": "0GiB"}, "must be above 0 (to never stop"),
-        ({"local_disk_unused_below": "2TiB"}, "at most 1TiB"),
+        ({"local_disk_unused_below": "0GiB"}, "0MiB is not between 1MiB and 1TiB: .*never stop"),
+        ({"local_disk_unused_below": "2TiB"}, "2TiB is not between 1MiB and 1TiB"),
         ({"local_disks": "wipe"}, "enforce.local_disks"),
         ({"autoscaling_groups": "terminate"}, "enforce.autoscaling_groups"),
     ):
@@ -215,3 +221,110 @@ def test_allow_instance_store_loss_is_a_deprecated_alias() -> None:
     with pytest.raises(ConfigError, match="expected true or false"):
         parse_config({"enforce": {"allow_instance_store_loss": "yes"}})
     assert "allow_instance_store_loss" not in Config().model_dump()["enforce"]
+
+
+# ---- bounds: every number and duration, with a reason (issue 12) ---------------------------
+
+
+def _leaves(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for name, field in model.model_fields.items():
+        annotation: Any = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            yield from _leaves(annotation, f"{prefix}{name}.")
+        elif any(getattr(m, "func", None) is parse_size_mib for m in field.metadata):
+            yield prefix + name, "size"  # a float parsed from "1GiB" (enforce.*)
+        else:
+            yield prefix + name, annotation
+
+
+def _absurd(annotation: Any) -> Any:
+    """A value no key of this type should accept: a century, a billion, or a million TiB."""
+    if get_origin(annotation) is Annotated:
+        return _absurd(get_args(annotation)[0])
+    if annotation == "size":
+        return "1000000TiB"
+    if annotation is timedelta:
+        return "36500d"
+    if annotation in (int, float):
+        return 1_000_000_000
+    if get_origin(annotation) is tuple:
+        return [_absurd(arg) for arg in get_args(annotation)]
+    return None
+
+
+def test_every_number_and_duration_has_bounds_and_a_reason() -> None:
+    # A key added without `within(...)` fails here: copy the pattern of its neighbours.
+    checked = []
+    for key, annotation in _leaves(Config):
+        value = _absurd(annotation)
+        if value is None:
+            continue
+        checked.append(key)
+        with pytest.raises(ConfigError) as info:
+            parse_config(apply_overrides({}, [f"{key}={value}"]))
+        message = str(info.value)
+        assert f"config: {key}" in message, message
+        assert "is not between" in message, message
+        assert message.rsplit(": ", 1)[1].strip(), "the bound gives its reason"
+    assert {"poll_interval", "idle.grace", "cost.rule_of_thumb", "agent.interval"} <= set(checked)
+
+
+def test_poll_interval_has_a_floor(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GUARDIAN_POLL_FLOOR", raising=False)
+    for value in ("0s", "30s"):
+        with pytest.raises(ConfigError, match=f"poll_interval: {value} is below 1m: .* billed"):
+            parse_config({"poll_interval": value})
+    assert parse_config({"poll_interval": "1m"}).poll_interval == timedelta(minutes=1)
+    monkeypatch.setenv("GUARDIAN_POLL_FLOOR", "1s")  # a simulated cloud, as the tests poll
+    assert parse_config({"poll_interval": "2s"}).poll_interval == timedelta(seconds=2)
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"cost": {"rule_of_thumb": [3, 2]}}, r"cost.rule_of_thumb: \[3, 2\]: give the low"),
+        ({"cost": {"rule_of_thumb": [0, 2]}}, r"cost.rule_of_thumb\[0\]: 0 is not between 1"),
+        ({"aws": {"regions": ["moon-1"]}}, r"aws.regions\[0\]: 'moon-1' is not an AWS region"),
+        ({"aws": {"regions": "us-east-1"}}, r"aws.regions: a list of regions such as \[us-east-1"),
+        ({"aws": {"regions": "all"}}, None),
+        ({"aws": {"regions": ["us-gov-west-1", "ap-southeast-5"]}}, None),
+        (
+            {"aws": {"accounts": [{"role_arn": "gpu-guardian"}]}},
+            r"aws.accounts\[0\].role_arn: 'gpu-guardian' is",
+        ),
+        ({"state_url": "notaurl"}, "state_url: not a database URL"),
+        ({"state_url": "postgresql+psycopg://u:p@db/g"}, None),
+        ({"gcp": {"metrics": {"period": 30}}}, "gcp.metrics.period: 30 is not between 60"),
+    ],
+)
+def test_values_that_would_be_accepted_silently(data: dict[str, Any], message: str | None) -> None:
+    if message is None:
+        parse_config(data)
+        return
+    with pytest.raises(ConfigError, match=f"^config: {message}") as info:
+        parse_config(data)
+    assert "list[" not in str(info.value)  # no validator internals
+    assert "literal[" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("notify", "message"),
+    [
+        ({"digest": "99 * * * *"}, "notify.digest: not a cron expression"),
+        ({"urls": ["notaurl"]}, r"notify.urls\[0\]: not a valid apprise URL"),
+    ],
+)
+def test_check_config_refuses_what_the_daemon_would(
+    tmp_path: Path, notify: dict[str, Any], message: str
+) -> None:
+    from guardian.daemon.preflight import check_daemon_config
+
+    with pytest.raises(ConfigError, match=message):
+        check_daemon_config(parse_config({"notify": notify, "state_dir": str(tmp_path)}))
+    check_daemon_config(parse_config({"state_dir": str(tmp_path)}))  # the defaults pass
+
+
+def test_the_configuration_page_documents_every_key() -> None:
+    page = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
+    documented = set(re.findall(r"^\| `([a-z_.]+)` \|", page, flags=re.MULTILINE))
+    assert documented == {key for key, _ in _leaves(Config)}

@@ -288,3 +288,20 @@ def test_the_digest_lists_the_largest_right_sizing_savings(
     assert "Right-sizing (advice, top 1: $587.21/month):" in body
     assert "1. name-i-notebook (i-notebook) g5.xlarge → CPU m7i.xlarge saves $587.21/month" in body
     daemon.close()
+
+
+@pytest.mark.parametrize(("mode", "urls", "warned"), [("notify", [], True), ("audit", [], False)])
+def test_alerts_with_nowhere_to_go_are_said_at_start(
+    tmp_path: Path, mode: str, urls: list[str], warned: bool
+) -> None:
+    with capture_logs() as logs:
+        daemon = daemon_for(tmp_path, Fleet(), mode=mode, notify={"urls": urls})
+    daemon.close()
+    assert ("alerts_go_nowhere" in [e["event"] for e in logs]) is warned
+
+
+def test_alerts_with_a_channel_raise_no_warning(tmp_path: Path, http: HttpReceiver) -> None:
+    with capture_logs() as logs:
+        daemon = daemon_for(tmp_path, Fleet(), notify={"urls": [http.url()]})
+    daemon.close()
+    assert "alerts_go_nowhere" not in [e["event"] for e in logs]

@@ -16,6 +16,7 @@ from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import ActionRow, Store
 from guardian.model import GpuInstance, GpuSample, InstanceMetric, Verdict
+from guardian.policy import format_keep_until
 from guardian.providers import StopResult, UnitError
 from tests.fake_provider import CATALOG, NOW, FakeProvider, flat_samples, make_instance
 
@@ -177,7 +178,9 @@ def test_busy_again_during_the_grace_is_not_stopped(tmp_path: Path) -> None:
 
 def test_protected_and_busy_instances_are_left_alone(tmp_path: Path) -> None:
     keep = make_instance("i-keep", tags={"guardian:protect": "true"})
-    until = make_instance("i-until", tags={"guardian:keep-until": "2026-11-27T12:00Z"})
+    until = make_instance(
+        "i-until", tags={"guardian:keep-until": format_keep_until(NOW + timedelta(days=1))}
+    )
     busy = make_instance("i-busy")
     world = World(tmp_path, config(), [keep, until, busy])
     world.util[busy.key] = 95.0
@@ -490,3 +493,19 @@ def test_only_an_error_that_could_hide_the_instance_keeps_its_episode(tmp_path: 
     world.cycle(NOW + timedelta(minutes=2))
     with world.store.reader() as tx:
         assert tx.open_episodes() == {}
+
+
+def test_a_dry_run_not_stopped_alert_says_dry_run(tmp_path: Path) -> None:
+    from guardian.daemon.messages import Message
+
+    spot = make_instance("i-spot", spot_one_time=True)
+    world = World(tmp_path, config(dry_run=True), [spot])
+    for minutes in (0, 15, 20):
+        world.cycle(NOW + timedelta(minutes=minutes))
+    with world.store.reader() as tx:
+        titles = {
+            row.kind: Message.from_json(row.message).plain_title()
+            for row in tx.notifications_since(NOW - timedelta(days=1))
+        }
+    assert set(titles) == {"warning", "not_stopped"}
+    assert all(title.startswith("[dry run] ") for title in titles.values()), titles

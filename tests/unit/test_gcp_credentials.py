@@ -22,11 +22,33 @@ from guardian.providers.gcp.provider import GcpProvider
 
 @pytest.fixture
 def no_adc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
-    """An environment with no usable ADC: the key file it names does not exist."""
-    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "missing-key.json"))
+    """An environment with no ADC at all: no key file named, an empty gcloud config, and
+    google.auth told not to look for a GCE metadata server."""
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
     monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path / "gcloud"))
+    monkeypatch.setenv("NO_GCE_CHECK", "True")
     monkeypatch.delenv("GOOGLE_CLOUD_PROJECT", raising=False)
     return tmp_path
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [(None, "was not found"), ("{not json", "is not a valid json file")],
+)
+def test_a_bad_key_file_is_named_not_the_variable_to_set(
+    no_adc: Path, monkeypatch: pytest.MonkeyPatch, content: str | None, reason: str
+) -> None:
+    key = no_adc / "key.json"
+    if content is not None:
+        key.write_text(content)
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    with pytest.raises(AuthError) as raised:
+        resolve_credentials(GcpConfig(enabled=True, credentials="default"))
+    message = str(raised.value)
+    assert message.startswith(f"GOOGLE_APPLICATION_CREDENTIALS={key}: ")
+    assert reason in message
+    assert message != ADC_HELP
+    assert "\n" not in message
 
 
 def _config(**gcp: object) -> Config:

@@ -27,6 +27,7 @@ LAYERS: tuple[frozenset[str], ...] = (
     frozenset({"providers", "prices"}),
     frozenset({"policy"}),
     frozenset({"config", "series"}),
+    frozenset({"bounds"}),  # the config's value checks, apart so config.py stays readable
     frozenset({"model", "durations", "errors", "logs", "malloc_tuning"}),
 )
 SIBLINGS: frozenset[tuple[str, str]] = frozenset(

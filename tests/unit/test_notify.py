@@ -342,3 +342,38 @@ def test_digest_sums_the_last_day(store: Store) -> None:
     assert re.search(r"\$2\.01/h burning, \$1\.01/h idle", title)
     assert "1. name-i-0abc (i-0abc) — $1.01" in body
     assert "stop 1, warn 1" in body
+
+
+def test_gcloud_commands_name_the_project_and_zone() -> None:
+    # A user's gcloud default project is rarely the VM's: `start` lacked --project (issue 12).
+    from guardian.daemon.messages import stopped_message
+
+    finding = idle_finding(
+        provider="gcp", account="ml-prod", region="us-central1", zone="us-central1-a", name="vm-7"
+    )
+    target = "vm-7 --project ml-prod --zone us-central1-a"
+    _, stopped = render(stopped_message(finding, action="stop", dry_run=False), "text")
+    assert f"gcloud compute instances start {target}" in stopped
+    warned = warning_message(
+        finding,
+        now=NOW,
+        deadline=NOW + timedelta(minutes=15),
+        will_stop=True,
+        dry_run=False,
+        alert_only_reason=None,
+        instance_store_loss=False,
+    )
+    assert f"gcloud compute instances add-labels {target} --labels=" in render(warned, "text")[1]
+
+
+def test_every_message_of_a_dry_run_says_so() -> None:
+    from guardian.daemon.messages import not_stopped_message, resumed_message, stopped_message
+
+    finding = idle_finding()
+    for message in (
+        not_stopped_message(finding, "it is a one-time spot instance", dry_run=True),
+        resumed_message(finding, dry_run=True),
+        stopped_message(finding, action="stop", dry_run=True),
+    ):
+        assert message.plain_title().startswith("[dry run] "), message.plain_title()
+    assert not not_stopped_message(finding, "x").plain_title().startswith("[dry run]")

@@ -16,6 +16,7 @@ from guardian.model import (
     PriceAssessment,
     Verdict,
 )
+from guardian.policy import format_keep_until
 from guardian.policy.rules import decide, trailing_idle_run
 from tests.fake_provider import NOW, flat_samples, make_instance
 
@@ -216,7 +217,7 @@ def test_samples_outside_the_lookback_and_future_are_ignored() -> None:
     [
         {"guardian:protect": "true"},
         {"guardian-protect": "yes"},
-        {"guardian:keep-until": "2099-01-01T00:00Z"},
+        {"guardian:keep-until": format_keep_until(NOW + timedelta(days=365))},
         {"guardian:protect": "maybe"},  # malformed: protects, and says so
     ],
 )
@@ -230,7 +231,9 @@ def test_protected_wins_over_everything(tags: dict[str, str]) -> None:
 
 
 def test_expired_keep_until_does_not_protect() -> None:
-    instance = make_instance(tags={"guardian:keep-until": "2020-01-01T00:00Z"})
+    instance = make_instance(
+        tags={"guardian:keep-until": format_keep_until(NOW - timedelta(days=1))}
+    )
     decision = decide(instance, util(busy_then_idle(70)), PRICE, Config(), NOW)
     assert decision.verdict is Verdict.IDLE
 

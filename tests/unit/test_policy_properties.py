@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from guardian.config import Config, apply_overrides, parse_config
 from guardian.model import GpuSample, GpuUtilisation, PriceAssessment, Verdict
-from guardian.policy import decide
+from guardian.policy import decide, format_keep_until
 from guardian.policy.history import idle_waits, pause_history
 from tests.fake_provider import NOW, make_instance
 
@@ -132,8 +132,8 @@ def test_an_incomplete_newest_sample_never_yields_idle(
         [
             {"guardian:protect": "true"},
             {"guardian-protect": "TRUE"},
-            {"guardian:keep-until": "2099-12-31T00:00Z"},
-            {"guardian-keep-until": "20991231t0000z"},
+            {"guardian:keep-until": format_keep_until(NOW + timedelta(days=365))},
+            {"guardian-keep-until": format_keep_until(NOW + timedelta(days=1), label=True)},
             {"guardian:protect": "not-a-bool"},
             {"guardian:keep-until": "someday"},
         ]

@@ -47,8 +47,9 @@ def state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return state_dir
 
 
-def run(*args: str) -> Any:
-    return CliRunner().invoke(make_app(), ["prices", *args], catch_exceptions=True)
+def run(*args: str, columns: int | None = None) -> Any:
+    env = {"COLUMNS": str(columns)} if columns else None
+    return CliRunner().invoke(make_app(), ["prices", *args], catch_exceptions=True, env=env)
 
 
 def run_json(*args: str) -> dict[str, Any]:
@@ -100,6 +101,17 @@ def test_the_table_shows_the_columns_a_person_reads(state: Path) -> None:
                  "above 3×", "within 2–3×", f"catalog {AS_OF}"):  # fmt: skip
         assert text in out, text
     assert out.index("g5.xlarge") < out.index("g5.48xlarge")  # sizes in order
+
+
+def test_at_80_columns_the_prices_stay_whole(state: Path) -> None:
+    result = run("--region", "us-east-1", columns=80)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert max(len(line) for line in out.splitlines()) <= 80
+    for text in ("GPU type", "CPU equivalent", "Premium", "g5.48xlarge", "$1.0060", "m6i.xlarge",
+                 "$0.1920", "5.24×", "Not shown at this width: GPUs"):  # fmt: skip
+        assert text in out, text
+    assert "…" not in out
 
 
 def test_an_unknown_region_is_one_line_naming_the_known_ones(state: Path) -> None:

@@ -446,10 +446,10 @@ def test_a_bad_throughput_entry_names_itself() -> None:
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("headroom", 0.9, "rightsize.headroom: must be from 1.0 to 3.0 (a multiplier"),
-        ("headroom", 3.5, "rightsize.headroom: must be from 1.0 to 3.0"),
-        ("gpu_busy_above", 0, "rightsize.gpu_busy_above: must be over 0 and at most 100"),
-        ("gpu_busy_above", 101, "rightsize.gpu_busy_above: must be over 0 and at most 100"),
+        ("headroom", 0.9, "rightsize.headroom: 0.9 is not between 1 and 3: a multiplier"),
+        ("headroom", 3.5, "rightsize.headroom: 3.5 is not between 1 and 3"),
+        ("gpu_busy_above", 0, "rightsize.gpu_busy_above: 0 is not between 1 and 100: percent"),
+        ("gpu_busy_above", 101, "rightsize.gpu_busy_above: 101 is not between 1 and 100"),
         ("gpu_busy_above", "lots", "rightsize.gpu_busy_above: Input should be a valid number"),
         ("spare", 1, "rightsize.spare: unknown key"),
     ],

@@ -84,7 +84,7 @@ def test_a_duplicated_row_cannot_make_a_timestamp_complete(tmp_path: Path) -> No
         tmp_path,
         """
 instance_id,timestamp,gpu_index,gpu_util
-i-1,0,0,1
+i-1,0,0,4
 i-1,0,0,4
 i-1,0,1,1
 i-1,60,0,1
@@ -92,8 +92,15 @@ i-1,60,0,1
 """,
     )
     samples = read_trace(path)[0].samples
-    assert samples[0].gpu_util_pct == 4  # the duplicate keeps the higher reading
+    assert samples[0].gpu_util_pct == 4  # the same reading twice is harmless
     assert [s.complete for s in samples] == [True, False]
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_column(tmp_path: Path) -> None:
+    # Excel's "CSV UTF-8" starts with one; it used to read as a missing instance_id column.
+    path = tmp_path / "excel.csv"
+    path.write_bytes(b"\xef\xbb\xbfinstance_id,timestamp,gpu_index,gpu_util\r\ni-1,0,0,5\r\n")
+    assert read_trace(path)[0].instance.instance_id == "i-1"
 
 
 @pytest.mark.parametrize(
@@ -109,6 +116,26 @@ i-1,60,0,1
         (
             "instance_id,timestamp,gpu_index,gpu_util\ni-1,1e20,0,3",
             "line 2: timestamp .1e20. is out of range",
+        ),
+        # Accepted silently before issue 12:
+        ("instance_id,timestamp,gpu_index,gpu_util\ni-1,0,x,3", "line 2: gpu_index 'x' is not"),
+        ("instance_id,timestamp,gpu_index,gpu_util\ni-1,0", "line 2: 2 field.s., the header has 4"),
+        ("instance_id,timestamp,gpu_index,gpu_util\ni-1,0,0,3,9", "line 2: 5 field.s., the head"),
+        (
+            "instance_id,timestamp,gpu_index,gpu_util\ni-1,0,0,nan",
+            "line 2: gpu_util 'nan' is not a",
+        ),
+        (
+            "instance_id,timestamp,gpu_index,gpu_util,gpu_mem_used_mib\ni-1,0,0,3,-5",
+            "line 2: gpu_mem_used_mib -5 is negative",
+        ),
+        (
+            "instance_id,timestamp,gpu_index,gpu_util\ni-1,0,0,3\ni-1,0,0,80",
+            "line 3: gpu_util of i-1 GPU 0 at 1970-01-01T00:00:00.00:00 read twice with different",
+        ),
+        (
+            "machine_id,gpu,timestamp_local,gpu_util\nm1,gpu0,2017-10-01 10:00:00,inf",
+            "line 2: gpu_util 'inf' is not a reading",
         ),
     ],
 )

@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
@@ -22,6 +23,7 @@ from botocore.utils import parse_timestamp
 
 from guardian.config import AwsAccount
 from guardian.errors import AuthError
+from guardian.providers import Caller, Patience
 from guardian.providers.aws.parse_gate import ParseGate
 
 if TYPE_CHECKING:
@@ -31,10 +33,12 @@ if TYPE_CHECKING:
     from mypy_boto3_sts import STSClient
 
 __all__ = [
+    "PATIENCE",
     "AccountAccess",
     "AwsClients",
     "CallCounter",
     "account_from_role_arn",
+    "boto_config",
 ]
 
 ROLE_SESSION_NAME = "gpu-guardian"
@@ -42,13 +46,37 @@ ROLE_SESSION_NAME = "gpu-guardian"
 REFRESH_BEFORE = timedelta(minutes=10)
 # Responses of several MB (1,000 instances; 500 series of two hours), parsed one at a time.
 LARGE_RESPONSES = {"ec2": ("DescribeInstances",), "cloudwatch": ("GetMetricData",)}
-DEFAULT_CLIENT_CONFIG = BotoConfig(
-    retries={"mode": "standard", "max_attempts": 5},
-    connect_timeout=10,
-    read_timeout=60,
-    max_pool_connections=32,  # worker threads share one client per service and region
-    user_agent_extra="gpu-guardian",
+# How long AWS calls wait, per caller: the only place these numbers live (docs/aws.md).
+PATIENCE: Mapping[Caller, Patience] = MappingProxyType(
+    {
+        # A person waits: an endpoint that accepts connections and never answers is named in
+        # about 30 s, not six minutes. AWS answers a page of 1,000 instances or a GetMetricData
+        # call of 500 series in a few seconds; 15 s leaves room for a slow one, and one retry
+        # rides out a dropped connection.
+        "interactive": Patience(connect_s=5.0, read_s=15.0, attempts=2),
+        # The daemon and the agent may wait out a slow minute; the next cycle comes anyway.
+        "daemon": Patience(connect_s=10.0, read_s=30.0, attempts=3),
+    }
 )
+
+
+def boto_config(patience: Patience, **options: Any) -> BotoConfig:
+    """A botocore client config with ``patience``'s timeouts and retries (standard mode)."""
+    return BotoConfig(
+        # total_max_attempts counts the first try; botocore's max_attempts would not.
+        retries={"mode": "standard", "total_max_attempts": patience.attempts},
+        connect_timeout=patience.connect_s,
+        read_timeout=patience.read_s,
+        **options,
+    )
+
+
+def provider_client_config(patience: Patience) -> BotoConfig:
+    return boto_config(
+        patience,
+        max_pool_connections=32,  # worker threads share one client per service and region
+        user_agent_extra="gpu-guardian",
+    )
 
 
 class CallCounter:
@@ -130,6 +158,7 @@ class AwsClients:
         *,
         home_region: str = "us-east-1",
         client_config: BotoConfig | None = None,
+        patience: Patience = PATIENCE["interactive"],
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._session = session or boto3.Session()
@@ -138,9 +167,8 @@ class AwsClients:
             timestamp_parser=fast_timestamp
         )
         self.home_region = self._session.region_name or home_region
-        self._config = (
-            DEFAULT_CLIENT_CONFIG.merge(client_config) if client_config else DEFAULT_CLIENT_CONFIG
-        )
+        base = provider_client_config(patience)
+        self._config = base.merge(client_config) if client_config else base
         self._clock = clock
         self._lock = threading.RLock()
         self._clients: dict[tuple[str, str, str], Any] = {}

@@ -4,7 +4,9 @@
    describes every type once (about 14 pages of 100) in the first region it sees, and in every
    other region lists only the type *names* offered there (DescribeInstanceTypeOfferings, one or
    two pages) and describes just the names it has not seen. GPU facts do not differ by region or
-   account, so the catalog is shared by all of them and kept for a day.
+   account, so the catalog is shared by all of them and kept for a day — in memory, and on disk
+   in the state dir per account and region (``type_cache``), where the next audit finds it and
+   only checks each region's offerings for a type it does not know.
 2. DescribeInstances filtered to ``running`` and to those GPU types by exact name (moto has no
    wildcards, EC2 allows 200 values per filter: chunked), MaxResults 1000, every page.
 3. For spot instances only, their spot requests' type (one-time or persistent), batched.
@@ -15,7 +17,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -26,6 +28,7 @@ from guardian.model import GpuInstance, Lifecycle
 from guardian.policy import aws_managed_by
 from guardian.providers.aws.errors import AUTH_CODES, error_code
 from guardian.providers.aws.limits import AwsLimits
+from guardian.providers.aws.type_cache import TypeCacheFile
 
 if TYPE_CHECKING:
     from mypy_boto3_ec2 import EC2Client
@@ -99,8 +102,10 @@ class GpuTypeCatalog:
         limits: AwsLimits | None = None,
         ttl: timedelta = timedelta(hours=24),
         clock: Callable[[], float] = time.monotonic,
+        disk: TypeCacheFile | None = None,
     ) -> None:
         self._limits = limits or AwsLimits()
+        self._disk = disk  # the catalog kept for a day in the state dir, per account and region
         self._ttl_s = ttl.total_seconds()
         self._clock = clock
         self._lock = threading.Lock()
@@ -114,14 +119,17 @@ class GpuTypeCatalog:
         with self._lock:
             self._remember(list(infos))
 
-    def gpu_types(self, ec2: EC2Client, region: str) -> dict[str, GpuType]:
+    def gpu_types(self, ec2: EC2Client, region: str, account: str = "") -> dict[str, GpuType]:
         """The GPU types offered in ``region`` (the client must be for that region)."""
         with self._lock:
             region_lock = self._region_locks.setdefault(region, threading.Lock())
         with region_lock:  # accounts sharing a region wait for one lookup instead of repeating it
             cached = self._regions.get(region)
             if cached is None or self._clock() - cached[0] > self._ttl_s:
-                offered = self._learn(ec2, region)
+                offered = self._learn_from_disk(ec2, region, account)
+                if offered is None:
+                    offered = self._learn(ec2, region)
+                    self._save(account, region, offered)
                 cached = (self._clock(), frozenset(n for n in offered if self._types.get(n)))
                 self._regions[region] = cached
         return {name: gpu for name in sorted(cached[1]) if (gpu := self._types.get(name))}
@@ -136,6 +144,31 @@ class GpuTypeCatalog:
         with self._lock:
             self._remember(response["InstanceTypes"])
             return self._types.setdefault(name, None)
+
+    def _learn_from_disk(self, ec2: EC2Client, region: str, account: str) -> set[str] | None:
+        """The region's offered types from a day-old catalog on disk, checked against today's
+        offerings (one call): an unknown type is described and the entry rewritten. None when
+        there is no fresh entry."""
+        entry = self._disk.load(account, region) if self._disk is not None else None
+        if entry is None:
+            return None
+        with self._lock:
+            for name in entry.offered:
+                self._types.setdefault(name, None)
+            for name, fields in entry.gpu.items():
+                self._types[name] = GpuType(**fields)
+        known = len(self._types)
+        offered = self._learn(ec2, region)
+        if len(self._types) > known:  # a type the entry did not know: keep what was learned
+            self._save(account, region, offered)
+        return offered
+
+    def _save(self, account: str, region: str, offered: set[str]) -> None:
+        if self._disk is None:
+            return
+        with self._lock:
+            gpu = {name: asdict(found) for name in offered if (found := self._types.get(name))}
+        self._disk.save(account, region, frozenset(offered), gpu)
 
     def _learn(self, ec2: EC2Client, region: str) -> set[str]:
         with self._lock:

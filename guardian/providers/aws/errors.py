@@ -21,6 +21,7 @@ __all__ = [
     "THROTTLE_CODES",
     "UNAVAILABLE_CODES",
     "error_code",
+    "is_expected",
     "map_aws_error",
 ]
 
@@ -206,6 +207,17 @@ def _botocore_class(exc: BaseException) -> tuple[ErrorClass, str]:
     return ProviderError, type(exc).__name__
 
 
+def is_expected(exc: BaseException) -> bool:
+    """Whether ``exc`` is one of the SDK's own failures (mapped above) or already ours: those
+    are a one-line warning; anything else is a bug in guardian, logged with its traceback."""
+    if isinstance(exc, ProviderError | ClientError):
+        return True
+    return any(
+        klass.__name__ in BOTOCORE_MAP and klass.__module__.startswith("botocore")
+        for klass in type(exc).__mro__
+    )
+
+
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
@@ -233,4 +245,7 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
     if name in _CREDENTIAL_CLASSES:
         return AuthError(CREDENTIALS_HELP, provider="aws", operation=operation)
     detail = _one_line(str(exc)) or name
+    if name == "ResponseParserError":
+        # A captive portal, a proxy's error page, a wrong AWS_ENDPOINT_URL: say so first.
+        detail = _one_line(f"the answer is not an AWS API response (a proxy's page?): {exc}")
     return klass(f"{where}{detail}", provider="aws", operation=operation)

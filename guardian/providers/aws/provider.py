@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING
 import boto3
 import structlog
 from botocore.config import Config as BotoConfig
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import ClientError
 
 from guardian.config import AwsOrganizationAccounts, Config
-from guardian.errors import AuthError, GuardianError, ProviderError
+from guardian.errors import AuthError, ProviderError
 from guardian.model import Controller, GpuInstance, GpuUtilisation, ScalingGroup
-from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
+from guardian.providers import Caller, Discovery, StopResult, Unit, UnitError, UnitPlan
 from guardian.providers.aws.accounts import AccountDirectory
 from guardian.providers.aws.actions import (
     describe_groups,
@@ -35,6 +35,7 @@ from guardian.providers.aws.actions import (
     stop_instance,
 )
 from guardian.providers.aws.clients import (
+    PATIENCE,
     AccountAccess,
     AwsClients,
     CallCounter,
@@ -46,7 +47,7 @@ from guardian.providers.aws.discovery import (
     spot_request_types,
     to_instance,
 )
-from guardian.providers.aws.errors import map_aws_error
+from guardian.providers.aws.errors import is_expected, map_aws_error
 from guardian.providers.aws.limits import AwsLimits
 from guardian.providers.aws.metrics import (
     InstanceSeriesSpec,
@@ -58,6 +59,7 @@ from guardian.providers.aws.metrics import (
     no_series_error,
     plan_batches,
 )
+from guardian.providers.aws.type_cache import TypeCacheFile
 
 if TYPE_CHECKING:
     from mypy_boto3_cloudwatch import CloudWatchClient
@@ -90,7 +92,11 @@ class AwsProvider:
     parse epoch timestamps straight to UTC (the same instants, several times faster).
     ``catalog`` shares learned GPU types between providers; ``limits`` and ``client_config``
     shrink the API limits and retries for tests. ``instance_series`` adds per-instance series
-    to read beside the GPUs' (each in the same GetMetricData calls).
+    to read beside the GPUs' (each in the same GetMetricData calls). ``caller`` picks the
+    timeouts and retries (``PATIENCE``): a person waits less than the daemon;
+    ``build_providers`` says which, and a provider built without saying gets the patient
+    settings. ``keep_types_on_disk`` keeps the instance-type catalog in ``state_dir`` for a
+    day, so the next audit skips its listing.
     """
 
     name = "aws"
@@ -104,12 +110,18 @@ class AwsProvider:
         limits: AwsLimits | None = None,
         client_config: BotoConfig | None = None,
         instance_series: Sequence[InstanceSeriesSpec] = (),
+        caller: Caller = "daemon",
+        keep_types_on_disk: bool = False,
     ) -> None:
         self._config = config
         self._limits = limits or AwsLimits()
-        self._catalog = catalog or GpuTypeCatalog(limits=self._limits)
+        disk = TypeCacheFile(config.state_dir) if keep_types_on_disk else None
+        self._catalog = catalog or GpuTypeCatalog(limits=self._limits, disk=disk)
         self._clients = AwsClients(
-            session, home_region=_home_region(config), client_config=client_config
+            session,
+            home_region=_home_region(config),
+            client_config=client_config,
+            patience=PATIENCE[caller],
         )
         metrics = config.aws.metrics
         self._names = MetricNames(
@@ -189,7 +201,7 @@ class AwsProvider:
     def _discover_unit(
         self, access: AccountAccess, region: str, ec2: EC2Client
     ) -> list[GpuInstance]:
-        gpu_types = self._catalog.gpu_types(ec2, region)
+        gpu_types = self._catalog.gpu_types(ec2, region, access.account_id)
         return discover_region(
             ec2,
             account=access.account_id,
@@ -422,7 +434,7 @@ class AwsProvider:
     ) -> UnitError:
         service = operation.split(":", 1)[0]
         error = map_aws_error(exc, operation=_operation(exc, service, operation))
-        if not isinstance(exc, GuardianError | BotoCoreError | ClientError):
+        if not is_expected(exc):
             log.exception("aws_unit_crashed", account=account, region=region)
         return UnitError("aws", account, region, error.operation or operation, str(error))
 
@@ -433,7 +445,9 @@ def probe_credentials(config: Config, *, session: boto3.Session | None = None) -
     ``arn:aws:iam::123456789012:user/me (account 123456789012)``; raises ``AuthError`` and
     friends with a one-line message (``guardian check-config --probe`` prints it).
     """
-    clients = AwsClients(session, home_region=_home_region(config))
+    clients = AwsClients(
+        session, home_region=_home_region(config), patience=PATIENCE["interactive"]
+    )
     operation = "sts:GetCallerIdentity"
     try:
         arn, account = clients.default_identity()

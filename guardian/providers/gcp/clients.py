@@ -15,18 +15,22 @@ The Google libraries are imported inside the functions so importing this module 
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from guardian.config import GcpConfig
-from guardian.errors import ConfigError
+from guardian.errors import AuthError, ConfigError
+from guardian.providers import Caller, Patience
 from guardian.providers.gcp.errors import map_google_error, missing_adc_error
 
 __all__ = [
     "CLOUD_PLATFORM_SCOPE",
+    "PATIENCE",
     "Endpoint",
     "GcpClients",
     "parse_endpoint",
@@ -34,6 +38,27 @@ __all__ = [
 ]
 
 CLOUD_PLATFORM_SCOPE = "https://www.googleapis.com/auth/cloud-platform"
+Api = Literal["compute", "monitoring", "billing", "resource_manager"]
+DEFAULT_HOSTS: Mapping[Api, str] = MappingProxyType(
+    {
+        "compute": "compute.googleapis.com",
+        "monitoring": "monitoring.googleapis.com",
+        "billing": "cloudbilling.googleapis.com",
+        "resource_manager": "cloudresourcemanager.googleapis.com",
+    }
+)
+
+# How long Google API calls wait, per caller: the only place these numbers live (docs/gcp.md).
+# Each call (one page) gets connect_s + read_s as its deadline, and the retries of transient
+# errors (503, 429, a deadline) stop after ``attempts`` such deadlines.
+PATIENCE: Mapping[Caller, Patience] = MappingProxyType(
+    {
+        # A person waits: a silent endpoint is named in well under a minute, not minutes.
+        "interactive": Patience(connect_s=5.0, read_s=15.0, attempts=2),
+        # The daemon and the agent may wait out a slow minute; the next cycle comes anyway.
+        "daemon": Patience(connect_s=10.0, read_s=30.0, attempts=3),
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -72,6 +97,16 @@ def resolve_credentials(config: GcpConfig) -> tuple[Any, str | None]:
     try:
         credentials, project = google.auth.default(scopes=[CLOUD_PLATFORM_SCOPE])
     except DefaultCredentialsError as exc:
+        key_file = os.environ.get("GOOGLE_APPLICATION_CREDENTIALS")
+        if key_file:
+            # The variable is set: what is wrong is the file it names, not a missing setup.
+            reason = exc.args[0] if exc.args else str(exc)
+            raise AuthError(
+                f"GOOGLE_APPLICATION_CREDENTIALS={key_file}: {reason} (a service-account key "
+                "file, or unset it to use `gcloud auth application-default login`)",
+                provider="gcp",
+                operation="credentials",
+            ) from exc
         raise missing_adc_error() from exc
     except GoogleAuthError as exc:
         raise map_google_error(exc, "credentials") from exc
@@ -188,6 +223,16 @@ class GcpClients:
         return client_class(
             credentials=self._credentials, client_options={"api_endpoint": endpoint.host}
         )
+
+    def endpoint(self, api: Api) -> str:
+        """Where calls to ``api`` go, for a message that names an endpoint that did not answer."""
+        configured = {
+            "compute": self._compute,
+            "monitoring": self._monitoring,
+            "billing": self._billing,
+            "resource_manager": self._resource_manager,
+        }[api]
+        return configured.host if configured is not None else DEFAULT_HOSTS[api]
 
     def _get(self, name: str, build: Callable[[], Any]) -> Any:
         # Projects are served from pool threads; each client is built once and then shared.

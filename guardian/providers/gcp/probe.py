@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 from guardian.config import Config
-from guardian.providers.gcp.errors import map_google_error
+from guardian.providers.gcp.clients import Api
 from guardian.providers.gcp.provider import GcpProvider
 
 __all__ = ["probe_credentials"]
@@ -22,7 +22,8 @@ def probe_credentials(config: Config) -> str:
     from guardian.providers.gcp.discovery import INSTANCE_FILTER
     from guardian.providers.gcp.metrics import build_request
 
-    provider = GcpProvider(config, api_deadline_s=20.0)
+    provider = GcpProvider(config, caller="interactive")
+    timeout = provider._call_timeout_s
     clients = provider._clients
     end = datetime.now(UTC)
     start = end - timedelta(minutes=10)
@@ -33,7 +34,7 @@ def probe_credentials(config: Config) -> str:
                 request = compute_v1.AggregatedListInstancesRequest(
                     project=project, filter=INSTANCE_FILTER, max_results=1
                 )
-                pager = clients.instances().aggregated_list(request=request, timeout=20.0)
+                pager = clients.instances().aggregated_list(request=request, timeout=timeout)
                 next(iter(pager.pages), None)
                 operation = "monitoring.listTimeSeries"
                 query = build_request(
@@ -41,11 +42,12 @@ def probe_credentials(config: Config) -> str:
                 )
                 query.page_size = 1
                 next(
-                    iter(clients.metrics().list_time_series(request=query, timeout=20.0).pages),
+                    iter(clients.metrics().list_time_series(request=query, timeout=timeout).pages),
                     None,
                 )
             except Exception as exc:
-                error = map_google_error(exc, operation)
+                api: Api = "compute" if operation.startswith("instances") else "monitoring"
+                error = provider._unit_failure(exc, operation, api)
                 raise type(error)(
                     f"project {project}: {error}", provider="gcp", operation=operation
                 ) from exc

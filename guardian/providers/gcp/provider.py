@@ -23,11 +23,11 @@ from typing import Any
 import structlog
 
 from guardian.config import Config
-from guardian.errors import ConfigError, ProviderError
+from guardian.errors import ProviderError, Unavailable
 from guardian.model import GpuInstance, GpuUtilisation
 from guardian.policy import controller_label
-from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
-from guardian.providers.gcp.clients import GcpClients, resolve_credentials
+from guardian.providers import Caller, Discovery, Patience, StopResult, Unit, UnitError, UnitPlan
+from guardian.providers.gcp.clients import PATIENCE, Api, GcpClients, resolve_credentials
 from guardian.providers.gcp.discovery import (
     AcceleratorSpec,
     MachineTypeAccelerators,
@@ -69,7 +69,8 @@ class GcpProvider:
         self,
         config: Config,
         *,
-        api_deadline_s: float = 60.0,
+        caller: Caller = "daemon",
+        patience: Patience | None = None,
         stop_timeout_s: float = 300.0,
         max_workers: int = 8,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -77,23 +78,17 @@ class GcpProvider:
     ) -> None:
         self._config = config
         self._gcp = config.gcp
-        if config.gcp.metrics.period < 60:
-            # Cloud Monitoring rejects shorter alignment periods; say so once, here, rather
-            # than leave every VM unmeasured with an API error each cycle.
-            raise ConfigError(
-                "gcp.metrics.period: Cloud Monitoring aligns series to 60 seconds or more"
-            )
         credentials, adc_project = resolve_credentials(config.gcp)
         self.credentials_description = _describe_credentials(credentials)
         self._clients = GcpClients(config.gcp, credentials)
         self._machine_types = MachineTypeAccelerators(clock)
-        self._api_deadline_s = api_deadline_s
+        self._patience = patience or PATIENCE[caller]
         self._directory = ProjectDirectory(
             config.gcp,
             self._clients,
             adc_project,
             retry=self._retry,
-            timeout_s=min(30.0, api_deadline_s),
+            timeout_s=self._call_timeout_s,
         )
         self._stop_timeout_s = stop_timeout_s
         self._max_workers = max(1, max_workers)
@@ -126,12 +121,24 @@ class GcpProvider:
                 exceptions.TooManyRequests,
                 exceptions.InternalServerError,
             ),
-            timeout=self._api_deadline_s,
+            timeout=self._patience.attempts * self._call_timeout_s,
         )
 
     @property
     def _call_timeout_s(self) -> float:
-        return min(30.0, self._api_deadline_s)
+        """One call's deadline (gRPC) or socket timeout (REST): connecting and answering."""
+        return self._patience.connect_s + self._patience.read_s
+
+    def _unit_failure(self, exc: BaseException, operation: str, api: Api) -> ProviderError:
+        """The mapped error; one that is an outage names the endpoint that did not answer."""
+        error = map_google_error(exc, operation)
+        if isinstance(error, Unavailable):
+            return Unavailable(
+                f"{error} (endpoint {self._clients.endpoint(api)})",
+                provider="gcp",
+                operation=error.operation,
+            )
+        return error
 
     # --- discovery -----------------------------------------------------------------------
 
@@ -202,7 +209,7 @@ class GcpProvider:
                 if compute_disabled(exc):  # no Compute API, so no VMs: nothing to report
                     log.info("gcp_compute_disabled", project=project)
                     continue
-                error = map_google_error(exc, "instances.aggregatedList")
+                error = self._unit_failure(exc, "instances.aggregatedList", "compute")
                 log.warning("gcp_discovery_failed", project=project, error=str(error))
                 errors.append(UnitError("gcp", project, "global", error.operation, str(error)))
                 continue
@@ -271,7 +278,7 @@ class GcpProvider:
                 try:
                     results[job] = future.result()
                 except Exception as raised:  # the project's VMs become unmeasured, no more
-                    exc = map_google_error(raised, "monitoring.listTimeSeries")
+                    exc = self._unit_failure(raised, "monitoring.listTimeSeries", "monitoring")
                     log.warning("gcp_metrics_failed", project=job[0], metric=job[1], error=str(exc))
                     results[job] = exc
         period = self._gcp.metrics.period
