@@ -75,7 +75,8 @@ def _serve(config: Config, environment: dict[str, str], state: Path, note: Conso
     note.print("# the simulated cloud is up; in another shell:", highlight=False)
     for key, value in environment.items():
         note.print(f"export {key}={value}", highlight=False)
-    for command in ("audit", "run --once", "history", "check-config --probe"):
+    commands = ("audit", "rightsize", "run --once", "history", "status", "check-config --probe")
+    for command in commands:
         note.print(f"guardian {command} --config {config_path}", highlight=False)
     note.print("# Ctrl-C here ends it and removes its state.", highlight=False)
     try:

@@ -283,6 +283,10 @@ def simulated_cloud(state_dir: Path, now: datetime) -> Iterator[DemoCloud]:
                 "state_dir": str(state_dir),
                 "cost": {"lookback": f"{HISTORY_MINUTES}m"},
                 "aws": {"regions": list(DEMO_REGIONS)},
+                # The fleet is idle-heavy on purpose (it shows every verdict): 9 of us-east-1's
+                # 11 measured machines are idle, and the default breaker (0.5) would hold every
+                # warning there, so `run --once` against the demo would show nothing to do.
+                "limits": {"max_idle_fraction": 1.0},
                 "gcp": {
                     "enabled": True,
                     "projects": list(gcp.projects),

@@ -132,7 +132,9 @@ def test_the_demo_serves_a_live_cloud_for_every_command(tmp_path: Path) -> None:
                 key, _, value = line.removeprefix("export ").partition("=")
                 env[key] = value
         commands = [line.split() for line in notes if line.startswith("guardian ")]
-        assert [c[1] for c in commands] == ["audit", "run", "history", "check-config"]
+        assert [c[1] for c in commands] == [
+            "audit", "rightsize", "run", "history", "status", "check-config",
+        ]  # fmt: skip
         config = Path(commands[0][-1])
 
         def start(*args: str) -> subprocess.Popen[str]:
@@ -160,7 +162,15 @@ def test_the_demo_serves_a_live_cloud_for_every_command(tmp_path: Path) -> None:
         assert "# gcp: credentials OK" in probed
         history = json.loads(finish(start("history", "--format", "json"))[0])
         warned = {a["name"] for a in history["actions"] if a["action"] == "warn"}
-        assert warned == {name for name, verdict in VERDICTS.items() if verdict == "idle"}
+        blocked = {a["name"] for a in history["actions"] if a["action"] == "block"}
+        # A controller would replace them, or reserved capacity is paid anyway: said once,
+        # never warned as if a stop were coming.
+        assert blocked == {"eks-a10g-node", "reserved-g6-spare", "gpu-pool-worker", "l4-pool-7xk2"}
+        idle = {name for name, verdict in VERDICTS.items() if verdict == "idle"}
+        assert warned == idle - blocked
+        status = json.loads(finish(start("status", "--format", "json"))[0])
+        assert status["backend"] == "sqlite"
+        assert status["last_completed_cycle"] is not None
     finally:
         demo.send_signal(signal.SIGTERM)
         returncode = demo.wait(timeout=60)
