@@ -335,9 +335,7 @@ def test_cli_from_the_cloud_without_credentials_says_so(monkeypatch: pytest.Monk
     # It used to end with "no GPU history to replay": the cause is the credentials (issue 12).
     denied = UnitError("aws", "default", "*", "sts:GetCallerIdentity", "no AWS credentials found")
     provider = FakeProvider([], errors=[denied])
-    monkeypatch.setattr(
-        "guardian.providers.factory.build_providers", lambda cfg, **_: [provider]
-    )
+    monkeypatch.setattr("guardian.providers.factory.build_providers", lambda cfg, **_: [provider])
     result = invoke("--from-cloudwatch", "--days", "2")
     assert isinstance(result.exception, GuardianError), result.output
     assert str(result.exception) == (
