@@ -89,4 +89,4 @@ def _finding(
     price = assess(catalog, instance)
     decision = decide(instance, utilisation, price, config, now)
     spark = sparkline_values(utilisation.samples, now, utilisation.period_s)
-    return Finding(instance, price, decision, spark)
+    return Finding(instance, price, decision, spark, metrics_failed=utilisation.fetch_failed)

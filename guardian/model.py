@@ -114,6 +114,9 @@ class GpuUtilisation:
     gpus_reporting: int = 0
     error: str | None = None
     processes: int | None = None
+    # ``error`` came from the metrics API failing (an outage, throttling, a denied call), not
+    # from data that is absent or too old: the first is guardian's problem to report.
+    fetch_failed: bool = False
     # The instance's other series over the same window, oldest first; a metric not read, or
     # with no data, has no entry.
     instance_series: Mapping[InstanceMetric, tuple[Point, ...]] = field(default_factory=dict)
@@ -167,3 +170,6 @@ class Finding:
     price: PriceAssessment
     decision: Decision
     sparkline: tuple[float | None, ...] = ()  # the last hour, one value per period (None = gap)
+    # The metrics API failed for it (not: no agent), so the daemon can tell "metrics down"
+    # from "not instrumented" and alert once about the first.
+    metrics_failed: bool = False

@@ -40,6 +40,10 @@ class StopResult:
     ok: bool
     action: str  # "stop" | "hibernate"
     message: str = ""
+    # Not ok, but the call may still have taken effect: its answer was lost (a timeout, a
+    # dropped connection, a server error). Enforcement then reads the outcome from the
+    # instance's state in the next cycle instead of calling it failed — or stopping again.
+    unconfirmed: bool = False
 
 
 class Provider(Protocol):

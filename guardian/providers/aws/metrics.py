@@ -297,7 +297,9 @@ def reduce_instance(
     other: dict[str, dict[datetime, float]] = {}
     for query in queries:
         if query.kind == "util" and query.id in failed:
-            return GpuUtilisation(period_s=names.period_s, error=failed[query.id])
+            return GpuUtilisation(
+                period_s=names.period_s, error=failed[query.id], fetch_failed=True
+            )
         if query.id in failed:
             continue  # memory and the per-instance series are optional: left out
         by_kind = {"util": util, "mem": mem, "instance": other}[query.kind]

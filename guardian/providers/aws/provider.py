@@ -22,7 +22,7 @@ from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from guardian.config import Config
-from guardian.errors import AuthError, GuardianError
+from guardian.errors import AuthError, GuardianError, Unavailable
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric
 from guardian.providers import Discovery, StopResult, UnitError
 from guardian.providers.aws.clients import (
@@ -365,7 +365,7 @@ class AwsProvider:
             instances=len(members),
             error=str(error),
         )
-        failure = GpuUtilisation(period_s=self._names.period_s, error=str(error))
+        failure = GpuUtilisation(period_s=self._names.period_s, error=str(error), fetch_failed=True)
         return [(instance.key, failure) for instance in members]
 
     # -- stop -----------------------------------------------------------------------------------
@@ -389,7 +389,10 @@ class AwsProvider:
             response = ec2.stop_instances(InstanceIds=[instance.instance_id], Hibernate=hibernating)
         except Exception as exc:
             error = map_aws_error(exc, operation="ec2:StopInstances")
-            return StopResult(instance.key, False, action, str(error))
+            # Throttled or denied: nothing happened. Unavailable: the answer was lost, not
+            # necessarily the stop.
+            lost = isinstance(error, Unavailable)
+            return StopResult(instance.key, False, action, str(error), unconfirmed=lost)
         states = {
             change.get("InstanceId"): change.get("CurrentState", {}).get("Name", "?")
             for change in response.get("StoppingInstances", [])
