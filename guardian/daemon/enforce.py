@@ -19,6 +19,8 @@ import structlog
 
 from guardian.config import Config, Mode
 from guardian.cycle import CycleResult
+from guardian.daemon.crashpoints import crash_point
+from guardian.daemon.health_messages import stop_confirmed_message
 from guardian.daemon.messages import (
     Message,
     breaker_message,
@@ -53,6 +55,7 @@ class EnforceSummary:
     blocked: Counter[str] = field(default_factory=Counter)  # recorded blocks by reason
     tripped_units: tuple[str, ...] = ()
     reconciled: int = 0
+    unconfirmed: int = 0  # stops whose answer was lost: read from the instance next cycle
 
 
 def _unit(instance: GpuInstance | InstanceRef) -> str:
@@ -314,19 +317,28 @@ class Enforcer:
             cyc.summary.stops[(action, True)] += 1
             log.info("instance_would_stop", action=action)
             return
+        crash_point("before_intent")
+        # No stop without its intent on record: a store that refuses the write raises here,
+        # before the provider is called.
         with self._store.transaction() as tx:
             intent_id = self._record(
                 tx, cyc, ref, action, phase="intent", reason=why, episode_id=episode.id
             )
-        ok, detail = False, ""
+        crash_point("after_intent")
+        ok, detail, unconfirmed = False, "", False
         try:
             result = self._providers[inst.provider].stop(inst, hibernate=hibernate)
             ok, detail, action = result.ok, result.message, result.action or action
+            unconfirmed = not ok and result.unconfirmed
         except GuardianError as exc:
             detail = str(exc)
         except Exception as exc:  # an SDK bug must not lose the outcome of an attempted stop
             log.exception("stop_raised")
             detail = f"{type(exc).__name__}: {exc}"
+        crash_point("after_stop_call")
+        if unconfirmed:
+            self._leave_for_reconcile(intent_id, action, detail, cyc)
+            return
         with self._store.transaction() as tx:
             self._record(
                 tx,
@@ -348,6 +360,7 @@ class Enforcer:
                 if episode.stop_error != detail:  # one alert per distinct error, not per cycle
                     message = stop_failed_message(finding, detail)
                     self._alert(tx, cyc, message, f"stop_failed:{intent_id}", inst)
+        crash_point("after_outcome")
         if ok:
             cyc.summary.stops[(action, False)] += 1
             log.warning("instance_stopped", action=action, intent_id=intent_id)
@@ -355,9 +368,25 @@ class Enforcer:
             cyc.summary.stop_failures[inst.provider] += 1
             log.error("stop_failed", action=action, intent_id=intent_id, error=detail)
 
+    @staticmethod
+    def _leave_for_reconcile(intent_id: int, action: str, detail: str, cyc: _Cycle) -> None:
+        """A stop whose answer was lost may have worked: calling it failed would alert
+        wrongly, retrying it blindly would stop twice. Its intent stays without an outcome, and
+        the next cycle's ``_reconcile`` reads the outcome from the instance's state — the path
+        a crash between the call and its record takes."""
+        cyc.summary.unconfirmed += 1
+        log.warning(
+            "stop_unconfirmed",
+            action=action,
+            intent_id=intent_id,
+            error=detail,
+            then="its outcome is read from the instance's state next cycle",
+        )
+
     # -- housekeeping around the ladder --------------------------------------------------------
     def _reconcile(self, result: CycleResult, cyc: _Cycle) -> None:
-        """Give every stop intent without an outcome (a crash mid-stop) its outcome now."""
+        """Give every stop intent without an outcome (a crash mid-stop, a lost answer) its
+        outcome now, from the instance's state."""
         with self._store.reader() as tx:
             pending = tx.pending_intents()
         running = {finding.instance.key for finding in result.findings}
@@ -365,13 +394,13 @@ class Enforcer:
             failed_unit = _unit_failed(result, intent.ref)
             if intent.ref.instance_key in running:
                 outcome = "not_executed"
-                detail = "still running after a restart: the stop did not take effect"
+                detail = "still running when checked again: the stop did not take effect"
             elif failed_unit is not None:
                 outcome = "unknown"
-                detail = f"could not check after a restart: {failed_unit.message}"
+                detail = f"could not check again: {failed_unit.message}"
             else:
                 outcome = "ok"
-                detail = "no longer running after a restart: the stop took effect"
+                detail = "no longer running when checked again: the stop took effect"
             label = f"{intent.ref.name or intent.ref.instance_id} ({intent.ref.instance_id})"
             with self._store.transaction() as tx:
                 self._record(
@@ -387,8 +416,18 @@ class Enforcer:
                 )
                 if outcome == "ok" and intent.episode_id is not None:
                     tx.close_episode(intent.episode_id, cyc.now, "stopped")
-                message = reconciled_message(label, outcome, detail)
-                self._alert(tx, cyc, message, f"reconciled:{intent.id}")
+                if outcome == "ok":  # the same "Stopped" alert as a confirmed stop, once
+                    self._notifier.enqueue(
+                        tx,
+                        stop_confirmed_message(intent.ref, intent.action),
+                        at=cyc.now,
+                        dedupe_key=f"stopped:{intent.id}",
+                        owner=tx.last_owner(intent.ref.instance_key, intent.at),
+                        instance_key=intent.ref.instance_key,
+                    )
+                else:
+                    message = reconciled_message(label, outcome, detail)
+                    self._alert(tx, cyc, message, f"reconciled:{intent.id}")
             cyc.summary.reconciled += 1
             log.warning(
                 "stop_reconciled",
