@@ -89,6 +89,20 @@ class CostConfig(_Section):
 class LimitsConfig(_Section):
     max_stops_per_cycle: int = Field(5, ge=0)
     max_idle_fraction: float = Field(0.5, gt=0, le=1)
+    # Extension: guardian alerts about itself (failing cycles, an account or region it cannot
+    # list, metrics it cannot read) once a problem has lasted this many cycles in a row.
+    alert_after_failed_cycles: int = 3
+
+    @field_validator("alert_after_failed_cycles")
+    @classmethod
+    def _alert_after_in_range(cls, value: int) -> int:
+        if not 1 <= value <= 100:
+            raise ValueError(
+                f"{value} is out of range 1-100: the cycles in a row a problem must last "
+                "before guardian alerts about itself (1 = at once; over 100 would hide an "
+                "outage for hours)"
+            )
+        return value
 
 
 class EnforceConfig(_Section):

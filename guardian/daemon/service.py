@@ -31,11 +31,12 @@ from guardian.config import Config, load_config
 from guardian.cycle import CycleResult, audit_cycle
 from guardian.daemon import sdnotify
 from guardian.daemon.enforce import Enforcer, EnforceSummary
+from guardian.daemon.health import HealthWatch
 from guardian.daemon.messages import digest_message
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
-from guardian.daemon.store import Store
-from guardian.errors import ConfigError, GuardianError
+from guardian.daemon.store import InstanceRef, Store
+from guardian.errors import ConfigError, GuardianError, StateUnavailable
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider
 from guardian.report.document import totals
@@ -92,16 +93,23 @@ class CycleReport:
     result: CycleResult
     enforcement: EnforceSummary
     duration_s: float
+    not_audited: tuple[InstanceRef, ...] = ()  # hidden by a failed listing, as last listed
+    state_error: str | None = None  # the database refused writes: nothing was enforced
 
     def status_line(self) -> str:
         t = totals(self.result.findings)
         e = self.enforcement
         stopped = sum(n for (_, dry), n in e.stops.items() if not dry)
-        return (
+        line = (
             f"{t.instances} GPU instances, {t.by_verdict.get('idle', 0)} idle "
             f"(${t.idle_burn_usd_per_hour:.2f}/h of ${t.hourly_burn_usd:.2f}/h), "
             f"{e.warned} warned, {stopped} stopped, {len(self.result.errors)} errors"
         )
+        if self.not_audited:
+            line += f", {len(self.not_audited)} not audited"
+        if self.state_error is not None:
+            line += "; state database refuses writes: nothing enforced"
+        return line
 
 
 class _Runtime:
@@ -155,6 +163,7 @@ class Daemon:
         self.store = Store.open(config.effective_state_url)
         self._endpoint = MetricsEndpoint(self.metrics, config.metrics.listen)
         self._runtime = _Runtime(config, self.store, self.metrics, providers)
+        self.health = HealthWatch(self.store, config.limits.alert_after_failed_cycles)
         self._cycle_lock = threading.Lock()  # one cycle at a time; reload and stop wait on it
         self._stopping = threading.Event()
         self._signals: queue.Queue[int] = queue.Queue()
@@ -175,10 +184,12 @@ class Daemon:
             with structlog.contextvars.bound_contextvars(cycle_id=cycle_id):
                 try:
                     report = self._cycle(cycle_id)
-                except Exception:
+                except Exception as exc:
                     log.exception("cycle_failed")
                     self.metrics.cycle_failures.inc()
                     sdnotify.notify("STATUS=last cycle failed; see the log")
+                    self._check_health(None, " ".join(f"{type(exc).__name__}: {exc}".split()))
+                    self.flush_outbox()
                     return None
         self._last_healthy = time.monotonic()
         sdnotify.notify("WATCHDOG=1", f"STATUS={report.status_line()}")
@@ -191,21 +202,30 @@ class Daemon:
         now = self._clock()
         catalog = self._catalog_loader(config.state_dir)
         result = audit_cycle(config, runtime.providers, catalog, now)
-        summary = runtime.enforcer.run(result, self._clock(), cycle_id)
-        duration = time.monotonic() - started
+        not_audited = self.health.audited(result)
         t = totals(result.findings)
-        with self.store.transaction() as tx:
-            tx.record_cycle(
-                cycle_id=cycle_id,
-                started_at=now,
-                duration_s=duration,
-                findings=result.findings,
-                errors=len(result.errors),
-                hourly_burn_usd=t.hourly_burn_usd,
-                idle_burn_usd_per_hour=t.idle_burn_usd_per_hour,
-            )
+        summary, duration, state_error = EnforceSummary(), 0.0, None
+        try:
+            summary = runtime.enforcer.run(result, self._clock(), cycle_id)
+            duration = time.monotonic() - started
+            with self.store.transaction() as tx:
+                tx.record_cycle(
+                    cycle_id=cycle_id,
+                    started_at=now,
+                    duration_s=duration,
+                    findings=result.findings,
+                    errors=len(result.errors),
+                    hourly_burn_usd=t.hourly_burn_usd,
+                    idle_burn_usd_per_hour=t.idle_burn_usd_per_hour,
+                )
+        except StateUnavailable as exc:  # the audit stands; whatever needed a record waits
+            state_error = str(exc)
+            duration = time.monotonic() - started
+            self.health.state_unavailable(state_error)
+        else:
+            self.health.state_ok()
         self._count(result, summary, duration)
-        report = CycleReport(cycle_id, result, summary, duration)
+        report = CycleReport(cycle_id, result, summary, duration, not_audited, state_error)
         log.info(
             "cycle_done",
             seconds=round(duration, 3),
@@ -217,9 +237,30 @@ class Daemon:
             stops=sum(summary.stops.values()),
             blocked=dict(summary.blocked),
             errors=len(result.errors),
+            **({"not_audited": len(not_audited)} if not_audited else {}),
+            **({"recorded": False} if state_error else {}),
         )
+        self._check_health(result, state_error, not_audited)
         self.flush_outbox()
         return report
+
+    def _check_health(
+        self,
+        result: CycleResult | None,
+        failure: str | None,
+        not_audited: tuple[InstanceRef, ...] = (),
+    ) -> None:
+        """guardian's alerts about itself; a bug in them must not fail the cycle."""
+        try:
+            self.health.check(
+                self._clock(),
+                self._runtime.notifier,
+                result=result,
+                failure=failure,
+                not_audited=not_audited,
+            )
+        except Exception:
+            log.exception("health_check_failed")
 
     def _count(self, result: CycleResult, summary: EnforceSummary, duration: float) -> None:
         m = self.metrics
@@ -232,19 +273,30 @@ class Daemon:
             m.api_errors.labels(provider, "stop").inc(count)
 
     def flush_outbox(self) -> None:
-        result = self._runtime.notifier.flush(self._clock())
+        if self.health.state_error is not None:
+            # A delivery could not be marked as done, so every flush would send it again.
+            return
+        try:
+            result = self._runtime.notifier.flush(self._clock())
+        except StateUnavailable as exc:
+            self.health.state_unavailable(str(exc))
+            return
         self.metrics.outbox_pending.set(result.pending)
 
     def send_digest(self) -> None:
         config = self._runtime.config
         now = self._clock()
         with structlog.contextvars.bound_contextvars(job="digest"):
-            with self.store.reader() as tx:
-                summary = digest_summary(tx, now, config.poll_interval)
-            with self.store.transaction() as tx:
-                self._runtime.notifier.enqueue(
-                    tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
-                )
+            try:
+                with self.store.reader() as tx:
+                    summary = digest_summary(tx, now, config.poll_interval)
+                with self.store.transaction() as tx:
+                    self._runtime.notifier.enqueue(
+                        tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
+                    )
+            except StateUnavailable as exc:
+                self.health.state_unavailable(str(exc))
+                return
             self.flush_outbox()
 
     def refresh_prices(self) -> None:
@@ -275,8 +327,12 @@ class Daemon:
                 )
 
     def prune(self) -> None:
-        with self.store.transaction() as tx:
-            removed = tx.prune(self._clock() - OBSERVATION_RETENTION)
+        try:
+            with self.store.transaction() as tx:
+                removed = tx.prune(self._clock() - OBSERVATION_RETENTION)
+        except StateUnavailable as exc:
+            self.health.state_unavailable(str(exc))
+            return
         log.info("observations_pruned", removed=removed)
 
     def heartbeat(self) -> None:
@@ -303,6 +359,7 @@ class Daemon:
                 if before != after:
                     log.warning("config_reload_needs_restart", key=key)
             self._runtime = runtime
+            self.health.alert_after = config.limits.alert_after_failed_cycles
             old.close()
         self._schedule_jobs(replace=True)
         log.info("config_reloaded", mode=config.mode.value, dry_run=config.dry_run)
