@@ -282,16 +282,19 @@ class HealthWatch:
         notifier: Notifier,
     ) -> None:
         self._open[key] = since
-        try:
-            with self._store.transaction() as tx:
-                if key not in tx.open_conditions(key):
-                    tx.open_condition(key, since, detail)
-                notifier.enqueue(tx, message, at=now, dedupe_key=f"{key}:{since.isoformat()}")
-        except StateUnavailable as exc:
-            self.state_unavailable(str(exc))
-            self._unrecorded[key] = detail
-            sent = notifier.send_now(message)
-            log.warning("alert_sent_directly", condition=key, channels=sent)
+        if self.state_error is None:  # else the outbox is not delivered: go around it
+            try:
+                with self._store.transaction() as tx:
+                    if key not in tx.open_conditions(key):
+                        tx.open_condition(key, since, detail)
+                    notifier.enqueue(tx, message, at=now, dedupe_key=f"{key}:{since.isoformat()}")
+            except StateUnavailable as exc:
+                self.state_unavailable(str(exc))
+            else:
+                return
+        self._unrecorded[key] = detail
+        sent = notifier.send_now(message)
+        log.warning("alert_sent_directly", condition=key, channels=sent)
 
     def _close_condition(
         self, key: str, message: Message, now: datetime, notifier: Notifier

@@ -205,6 +205,8 @@ class Daemon:
         not_audited = self.health.audited(result)
         t = totals(result.findings)
         summary, duration, state_error = EnforceSummary(), 0.0, None
+        if self.health.state_error is not None:
+            self.store.reconnect()  # the database may be back: try it on fresh connections
         try:
             summary = runtime.enforcer.run(result, self._clock(), cycle_id)
             duration = time.monotonic() - started

@@ -462,5 +462,10 @@ class Store:
             where = sa.make_url(self.url).render_as_string(hide_password=True)
             raise StateUnavailable(f"state database {where}: {reason}") from exc
 
+    def reconnect(self) -> None:
+        """Drop the pooled connections: the next use opens fresh ones (after an outage, a
+        pooled SQLite connection may still be the read-only one)."""
+        self.engine.dispose()
+
     def close(self) -> None:
         self.engine.dispose()
