@@ -3,7 +3,8 @@ every log line, history row, notification body, error and metric searched for ea
 
 The config carries webhook tokens (basic-auth password, path segment, custom header), an SMTP
 password (the server demands AUTH), AWS external ids, and a channel that fails (its token in
-every failed delivery's error). One of the two assumed roles is refused, so errors flow too.
+every failed delivery's error). One of the two assumed roles is refused, and the other's first
+answers are cut short — with the role's secret key in them, which is searched for too.
 What is searched: the daemon's JSON log, ``guardian history --format json``, every row of
 every table of the state database, every webhook body and every mail as received, and the
 Prometheus endpoint. (A password in ``state_url`` needs PostgreSQL: SQLite URLs cannot carry
@@ -13,6 +14,7 @@ one.)
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import urllib.request
 from collections.abc import Iterator
@@ -27,7 +29,7 @@ from guardian.simulated.aws import SimInstance, constant, seed_fleet
 from tests.conftest import MotoServer
 from tests.e2e.conftest import GuardianProcess
 from tests.e2e.receivers import HttpReceiver, free_port, wait_for
-from tests.fakes.fault_proxy import Fault, FaultProxy, Request
+from tests.fakes.fault_proxy import Fault, FaultProxy, Request, ScheduledFaults
 
 pytestmark = [
     pytest.mark.slow,
@@ -140,7 +142,24 @@ def test_no_configured_secret_appears_in_any_log_row_message_or_error(
             return Fault("error", status=403, code="AccessDenied")
         return None
 
-    with FaultProxy(moto_server.endpoint_url, intercept=refuse_the_second_role) as proxy:
+    issued: list[str] = []  # the assumed roles' secret keys and tokens: secrets too
+
+    def remember_credentials(operation: str, answer: bytes, _headers: Any) -> bytes:
+        if operation == "sts:AssumeRole":
+            text = answer.decode()
+            issued.extend(re.findall(r"<SecretAccessKey>([^<]+)<", text))
+            issued.extend(re.findall(r"<SessionToken>([^<]+)<", text))
+        return answer
+
+    # The first role's first answers are cut short (every SDK attempt of the first cycle):
+    # botocore quotes an answer it cannot parse, and this one holds a secret key.
+    cut = ScheduledFaults({"sts:AssumeRole": [Fault("truncate")] * 5})
+    with FaultProxy(
+        moto_server.endpoint_url,
+        cut,
+        rewrite=remember_credentials,
+        intercept=refuse_the_second_role,
+    ) as proxy:
         guardian.env["AWS_ENDPOINT_URL"] = proxy.endpoint
         guardian.write_config(config)
         guardian.start()
@@ -180,11 +199,14 @@ def test_no_configured_secret_appears_in_any_log_row_message_or_error(
         "mails": b"\n".join(smtp.mails).decode(errors="replace"),
         "metrics": scraped,
     }
+    assert proxy.injected[("sts:AssumeRole", "truncate")] >= 1
+    assert "Unable to parse response" in log  # the cut answers were met and reported
+    secrets = (*SECRETS, *issued)
     leaks = [
-        (secret, place) for secret in SECRETS for place, text in places.items() if secret in text
+        (secret, place) for secret in secrets for place, text in places.items() if secret in text
     ]
     assert leaks == []
     searched = sum(len(text) for text in places.values())
     print(
-        f"\nsecrets: {len(SECRETS)} secrets, none in {searched} characters in {len(places)} places"
+        f"\nsecrets: {len(secrets)} secrets, none in {searched} characters in {len(places)} places"
     )

@@ -346,10 +346,10 @@ class FaultProxy:
                 status = 500 if fault.kind == "http500" else 503
                 code = "InternalError" if status == 500 else "ServiceUnavailable"
             query_mode = headers.get("x-amzn-query-mode") == "true" or protocol == "cbor"
-            answer = error_response(
+            error = error_response(
                 operation, protocol, status, code, "injected", query_mode=query_mode
             )
-            self._answer(request, *answer)
+            self._answer(request, *error)
             return
         if fault is not None and fault.kind == "latency":
             time.sleep(fault.delay_s)

@@ -31,3 +31,18 @@ def test_what_is_not_a_secret_stays_readable() -> None:
     event = mask_secrets(None, "info", {"event": "x", "error": text})
     assert event["error"] == text
     assert mask_secrets(None, "info", {"event": "x", "external_id": "abc"})["external_id"] == "***"
+
+
+def test_an_unparsable_answer_is_not_quoted_in_the_error() -> None:
+    from botocore.parsers import ResponseParserError
+
+    from guardian.providers.aws.errors import map_aws_error
+
+    body = "<AssumeRoleResponse><Credentials><SecretAccessKey>s3cr3tKey"
+    raised = ResponseParserError(
+        "Unable to parse response (no element found: line 1, column 60), invalid XML "
+        f"received. Further retries may succeed:\nb'{body}'"
+    )
+    error = map_aws_error(raised, operation="sts:AssumeRole")
+    assert "s3cr3tKey" not in str(error)
+    assert str(error).startswith("sts:AssumeRole: Unable to parse response (no element found")

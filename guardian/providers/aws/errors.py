@@ -232,5 +232,7 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
     klass, name = _botocore_class(exc)
     if name in _CREDENTIAL_CLASSES:
         return AuthError(CREDENTIALS_HELP, provider="aws", operation=operation)
-    detail = _one_line(str(exc)) or name
+    # Only the first line: botocore's ResponseParserError quotes the raw answer after it, and
+    # an answer cut short may be an AssumeRole one, with the role's secret key in it.
+    detail = _one_line(str(exc).split("\n", 1)[0]) or name
     return klass(f"{where}{detail}", provider="aws", operation=operation)

@@ -20,6 +20,7 @@ import boto3
 import structlog
 from botocore.config import Config as BotoConfig
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.parsers import ResponseParserError
 
 from guardian.config import Config
 from guardian.errors import AuthError, GuardianError, Unavailable
@@ -431,7 +432,7 @@ class AwsProvider:
     ) -> UnitError:
         service = operation.split(":", 1)[0]
         error = map_aws_error(exc, operation=_operation(exc, service, operation))
-        if not isinstance(exc, GuardianError | BotoCoreError | ClientError):
+        if not isinstance(exc, GuardianError | BotoCoreError | ClientError | ResponseParserError):
             log.exception("aws_unit_crashed", account=account, region=region)
         return UnitError("aws", account, region, error.operation or operation, str(error))
 
