@@ -37,7 +37,7 @@ import tempfile
 import time
 from collections import Counter
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -141,16 +141,17 @@ def run_world(
         titles = receiver.titles()
         pending = len(world.pending_intents())
         states = {name: world.state(name) for name in world.ids}
-        warned_at: dict[str, str] = {}
-        stopped_at: dict[str, str] = {}
-        deadline: dict[str, str] = {}
+        # Minutes from the run's start: the two runs start at different wall-clock times.
+        warned_at: dict[str, float] = {}
+        stopped_at: dict[str, float] = {}
+        deadline: dict[str, float] = {}
         for name in idle:
             stop, due = world.stopped_at(name), world.deadline(name)
             if stop is not None:
-                stopped_at[name] = stop.isoformat()
+                stopped_at[name] = (stop - world.start).total_seconds() / 60
             if due is not None:
-                deadline[name] = due.isoformat()
-                warned_at[name] = (due - timedelta(minutes=GRACE)).isoformat()
+                deadline[name] = (due - world.start).total_seconds() / 60
+                warned_at[name] = deadline[name] - GRACE
     finally:
         world.close()
         receiver.close()
@@ -196,29 +197,24 @@ def run_world(
     }
 
 
-def _minutes(later: str, earlier: str) -> float:
-    return (datetime.fromisoformat(later) - datetime.fromisoformat(earlier)).total_seconds() / 60
-
-
 def compare(baseline: dict[str, Any], faulty: dict[str, Any]) -> dict[str, Any]:
     """How much later than without faults each idle machine was warned and stopped, and how long
     past its own deadline it was stopped."""
     warn_late = {
-        name: _minutes(at, baseline["warned_at"][name])
+        name: at - baseline["warned_at"][name]
         for name, at in faulty["warned_at"].items()
         if name in baseline["warned_at"]
     }
     stop_late = {
-        name: _minutes(at, baseline["stopped_at"][name])
+        name: at - baseline["stopped_at"][name]
         for name, at in faulty["stopped_at"].items()
         if name in baseline["stopped_at"]
     }
     past_deadline = {
-        name: _minutes(at, faulty["deadline"][name]) for name, at in faulty["stopped_at"].items()
+        name: at - faulty["deadline"][name] for name, at in faulty["stopped_at"].items()
     }
     base_past = {
-        name: _minutes(at, baseline["deadline"][name])
-        for name, at in baseline["stopped_at"].items()
+        name: at - baseline["deadline"][name] for name, at in baseline["stopped_at"].items()
     }
     beyond = {name: past_deadline[name] - base_past.get(name, 0.0) for name in past_deadline}
     return {
@@ -244,9 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from moto.ec2.models.instance_types import INSTANCE_TYPES
 
+    from guardian.logs import configure_logging
     from guardian.providers.aws.discovery import GpuTypeCatalog
     from guardian.simulated.aws import fake_aws_env, reset_moto_server, start_moto_server
 
+    configure_logging("json", "error")  # a stop is a warning line: one per stop otherwise
     server, endpoint = start_moto_server(indexed_metrics=True)
     os.environ.update(fake_aws_env(endpoint))
     catalog = GpuTypeCatalog()
@@ -281,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"{figures['faults_by_kind']}; SDK attempts: {figures['attempts']}"
         )
         print(
-            f"  {figures['idle_machines']} idle machines: {figures['warnings']} warnings, "
+            f"  {figures['idle_machines']} idle machines; {figures['warnings']} warnings in all, "
             f"{figures['stops']} stops; wrong stops {len(figures['wrong_stops'])}; intents "
             f"without outcome {figures['intents_without_outcome']}; failed cycles "
             f"{figures['failed_cycles']}; not warned once {figures['idle_not_warned_once']}; "
