@@ -234,5 +234,5 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
         return AuthError(CREDENTIALS_HELP, provider="aws", operation=operation)
     # Only the first line: botocore's ResponseParserError quotes the raw answer after it, and
     # an answer cut short may be an AssumeRole one, with the role's secret key in it.
-    detail = _one_line(str(exc).split("\n", 1)[0]) or name
+    detail = _one_line(str(exc).split("\n", 1)[0]).rstrip(":") or name
     return klass(f"{where}{detail}", provider="aws", operation=operation)
