@@ -171,7 +171,29 @@ def run_world(
         for title in titles
         if title.startswith(f"Stopped idle GPU instance {name} (")
     )
+    odd = set().union(
+        *(
+            {n for n in idle if warnings[n] != 1},
+            {n for n in idle if stops_ok[n] != 1},
+            {n for n in idle if alerts[n] != 1},
+        )
+    )
+    histories = {
+        name: [
+            [
+                round((a.at - world.start).total_seconds() / 60),
+                a.action,
+                a.phase,
+                a.outcome,
+                (a.reason or "")[:160],
+            ]
+            for a in actions
+            if a.ref.instance_id == world.ids[name]
+        ]
+        for name in sorted(odd)
+    }
     return {
+        "histories": histories,
         "rate": rate,
         "attempts": attempts or "shipped default",
         "cycles": len(world.reports),
@@ -236,6 +258,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--attempts", type=int, default=None, help="SDK attempts per call (default: as shipped)"
     )
     parser.add_argument("--json", type=Path, help="also write every figure here")
+    parser.add_argument(
+        "--faults-only", action="store_true", help="skip the baseline (no delays then)"
+    )
     args = parser.parse_args(argv)
 
     from moto.ec2.models.instance_types import INSTANCE_TYPES
@@ -252,7 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     machines = fleet(args.machines, args.cycles, args.seed)
     results = {}
     try:
-        for label, rate in (("baseline", 0.0), ("faults", args.rate)):
+        runs = (("baseline", 0.0), ("faults", args.rate))
+        for label, rate in runs[1:] if args.faults_only else runs:
             reset_moto_server(endpoint)
             with tempfile.TemporaryDirectory(prefix=f"guardian-faults-{label}-") as tmp:
                 print(
@@ -270,7 +296,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
     finally:
         server.stop()
-    baseline, faulty = results["baseline"], results["faults"]
+    faulty = results["faults"]
+    baseline = results.get("baseline", faulty)
     delays = compare(baseline, faulty)
     for label, figures in results.items():
         print(

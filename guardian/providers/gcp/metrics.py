@@ -198,6 +198,12 @@ def utilisation_for(
         return GpuUtilisation(
             period_s=period_s, error=f"Cloud Monitoring query failed: {util}", fetch_failed=True
         )
+    if isinstance(mem, Exception):  # unread, not absent: it could withdraw a warning wrongly
+        return GpuUtilisation(
+            period_s=period_s,
+            error=f"Cloud Monitoring memory query failed: {mem}",
+            fetch_failed=True,
+        )
     util_by_gpu = util.by_instance.get(instance.instance_id)
     if not util_by_gpu:
         return GpuUtilisation(
