@@ -109,11 +109,11 @@ def test_no_configured_secret_appears_in_any_log_row_message_or_error(
     mail = f"mailto://mailer:{SMTP_PASSWORD}@127.0.0.1:{smtp.port}?from=guardian@example.com"
     config = {
         "mode": "enforce",
-        "poll_interval": "2s",
+        "poll_interval": "1s",
         "state_dir": str(guardian.workdir / "state"),
         "metrics": {"listen": f"127.0.0.1:{metrics_port}"},
         "cost": {"lookback": "2h"},
-        "idle": {"window": "30m", "grace": "3s", "history_margin": 0, "window_bursty": "0s"},
+        "idle": {"window": "30m", "grace": "2s", "history_margin": 0, "window_bursty": "0s"},
         "aws": {
             "accounts": [
                 {
