@@ -164,11 +164,11 @@ def test_no_configured_secret_appears_in_any_log_row_message_or_error(
         guardian.write_config(config)
         guardian.start()
         wait_for(
-            lambda: any(t.startswith("Stopped idle GPU instance idle") for t in http.titles()), 60
+            lambda: any(t.startswith("Stopped idle GPU instance idle") for t in http.titles()), 120
         )
-        wait_for(lambda: any(t.startswith("guardian cannot audit") for t in http.titles()), 30)
-        wait_for(lambda: len(smtp.mails) >= 4, 30)  # warning and stop, to ops and to alice
-        wait_for(lambda: guardian.events("notification_failed"), 20)
+        wait_for(lambda: any(t.startswith("guardian cannot audit") for t in http.titles()), 60)
+        wait_for(lambda: len(smtp.mails) >= 4, 60)  # warning and stop, to ops and to alice
+        wait_for(lambda: guardian.events("notification_failed"), 60)
         with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
             scraped = r.read().decode()
         code, _ = guardian.stop()
