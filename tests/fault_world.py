@@ -104,7 +104,8 @@ class FaultWorld:
         self.moto_endpoint = moto_endpoint
         self.machines = {m.name: m for m in machines}
         self.step = step
-        self.start = (start or datetime.now(UTC)).replace(microsecond=0)
+        # On a whole minute, as the seeded datapoints are: runs side by side line up exactly.
+        self.start = (start or datetime.now(UTC)).replace(second=0, microsecond=0)
         self.now = self.start
         self.end = self.start + future
         self.proxy = FaultProxy(moto_endpoint).start()
