@@ -196,6 +196,17 @@ class LimitsConfig(_Section):
     max_idle_fraction: Annotated[
         float, within(0.05, 1, "a share of one account and region's GPU instances")
     ] = 0.5
+    # Extension: guardian alerts about itself (failing cycles, an account or region it cannot
+    # list, metrics it cannot read) once a problem has lasted this many cycles in a row.
+    alert_after_failed_cycles: Annotated[
+        int,
+        within(
+            1,
+            100,
+            "the cycles in a row a problem must last before guardian alerts about itself "
+            "(1 = at once; over 100 would hide an outage for hours)",
+        ),
+    ] = 3
 
 
 _DEPRECATED_LOCAL_DISKS = "allow_instance_store_loss"

@@ -158,4 +158,5 @@ def _finding(
         recommendation=sizing.recommendation,
         rightsize_note=sizing.note,
         local_disk_used=local_disk,
+        metrics_failed=utilisation.fetch_failed,
     )

@@ -13,6 +13,7 @@ __all__ = [
     "MetricsUnavailable",
     "NvmlUnavailable",
     "ProviderError",
+    "StateUnavailable",
     "Throttled",
     "Unavailable",
 ]
@@ -49,6 +50,11 @@ class Unavailable(ProviderError):
 
 class MetricsUnavailable(ProviderError):
     """Metrics could not be read; affected instances are ``unmeasured``."""
+
+
+class StateUnavailable(GuardianError):
+    """The state database refuses writes (read-only, full, unreachable). Nothing that must be
+    recorded first (a warning, a stop) may happen until it accepts them again."""
 
 
 class NvmlUnavailable(GuardianError):

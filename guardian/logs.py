@@ -24,10 +24,22 @@ _WEBHOOK_PATH = re.compile(
     r"hooks\.slack\.com/services)[^\s/]*/(?:/?[^\s/]+/)?)(?P<secret>[A-Za-z0-9_\-]{8,})",
     re.I,
 )
+# A notification URL's path and query may hold a token anywhere (json://host/hooks/TOKEN,
+# ?+X-Token=...): everything after its host goes, as ``config.mask_secret_url`` does.
+_NOTIFY_URL = re.compile(
+    r"\b(?P<head>(?:(?:slack|msteams|workflows?|discord|json|jsons|xml|xmls|form|forms|mailto|"
+    r"mailtos|tgram|pushover|ntfy|ntfys)://[^\s/?#'\"]+|https?://(?:hooks\.slack\.com|"
+    r"(?:[a-z0-9-]+\.)*(?:discord(?:app)?\.com|webhook\.office\.com|logic\.azure\.com)(?::\d+)?)))"
+    r"(?P<rest>[/?#][^\s'\"]*)",
+    re.I,
+)
 
 
 def _mask_text(text: str) -> str:
     text = _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+    text = _NOTIFY_URL.sub(
+        lambda m: m["head"] + ("/***" if m["rest"].strip("/") else m["rest"]), text
+    )
     return _WEBHOOK_PATH.sub(r"\g<prefix>***", text)
 
 

@@ -182,6 +182,9 @@ class GpuUtilisation:
     gpus_reporting: int = 0
     error: str | None = None
     processes: int | None = None
+    # ``error`` came from the metrics API failing (an outage, throttling, a denied call), not
+    # from data that is absent or too old: the first is guardian's problem to report.
+    fetch_failed: bool = False
     # The instance's other series over the same window, oldest first; a metric not read, or
     # with no data, has no entry.
     instance_series: Mapping[InstanceMetric, tuple[Point, ...]] = field(default_factory=dict)
@@ -277,3 +280,6 @@ class Finding:
     local_disk_used: Point | None = None
     recommendation: Recommendation | None = None
     rightsize_note: str | None = None  # why there is no recommendation, where it is worth saying
+    # The metrics API failed for it (not: no agent), so the daemon can tell "metrics down"
+    # from "not instrumented" and alert once about the first.
+    metrics_failed: bool = False

@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy.exc import IntegrityError
 
 from guardian.config import Config
+from guardian.daemon.crashpoints import crash_point
 from guardian.daemon.messages import Message, stop_failed_message, stopped_message
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store, Tx
@@ -46,6 +47,7 @@ class EnforceSummary:
     blocked: Counter[str] = field(default_factory=Counter)  # recorded blocks by reason
     tripped_units: tuple[str, ...] = ()
     reconciled: int = 0
+    unconfirmed: int = 0  # stops whose answer was lost: read from the instance next cycle
 
 
 class UnitGuard(Protocol):
@@ -155,6 +157,21 @@ class CycleState:
         return self.rec.guard
 
 
+def _leave_for_reconcile(intent_id: int, action: str, detail: str, cyc: CycleState) -> None:
+    """A stop whose answer was lost may have worked: calling it failed would alert wrongly,
+    retrying it blindly would stop twice. Its intent stays without an outcome (and the episode's
+    stop stays taken), and the next cycle's reconciliation reads the outcome from the
+    instance's state — the path a crash between the call and its record takes."""
+    cyc.summary.unconfirmed += 1
+    log.warning(
+        "stop_unconfirmed",
+        action=action,
+        intent_id=intent_id,
+        error=detail,
+        then="its outcome is read from the instance's state next cycle",
+    )
+
+
 class _Owners(Protocol):
     def take(self, instance: GpuInstance) -> None: ...
 
@@ -217,13 +234,17 @@ class StopSteps:
             cyc.summary.stops[(action, True)] += 1
             log.info("instance_would_stop", action=action)
             return
+        crash_point("before_intent")
+        # No stop without its intent on record: a store that refuses the write raises here,
+        # before the provider is called.
         intent_id = self._write_intent(finding, episode, cyc, action, why)
+        crash_point("after_intent")
         if intent_id is None:
             self._block(finding, episode, spent, cyc)
             return
         if intent_id < 0:
             return  # another writer is stopping it: its outcome will be recorded there
-        ok, detail, refused = False, "", False
+        ok, detail, refused, unconfirmed = False, "", False, False
         if not cyc.guard.held():
             # The lease ran out between the intent and now (a pause, a slow database): another
             # replica may hold the unit already, so the call is not made.
@@ -233,11 +254,16 @@ class StopSteps:
                 result = self._call_stop(provider, inst, hibernate=hibernate, standby=standby)
                 ok, detail, action = result.ok, result.message, result.action or action
                 refused = result.permanent and not ok
+                unconfirmed = result.unconfirmed and not ok
             except GuardianError as exc:
                 detail = str(exc)
             except Exception as exc:  # an SDK bug must not lose the outcome of a stop
                 log.exception("stop_raised")
                 detail = f"{type(exc).__name__}: {exc}"
+        crash_point("after_stop_call")
+        if unconfirmed:
+            _leave_for_reconcile(intent_id, action, detail, cyc)
+            return
         self._write_outcome(
             finding,
             episode,
@@ -249,6 +275,7 @@ class StopSteps:
             refused=refused,
             standby_group=group_name,
         )
+        crash_point("after_outcome")
 
     def _call_stop(
         self, provider: Provider, inst: GpuInstance, *, hibernate: bool, standby: bool

@@ -13,6 +13,7 @@ import structlog
 
 from guardian.cycle import CycleResult
 from guardian.daemon.enforce_stop import Recorder
+from guardian.daemon.health_messages import stop_confirmed_message
 from guardian.daemon.messages import breaker_message, reconciled_message
 from guardian.daemon.store import EpisodeRow, InstanceRef, Store
 from guardian.model import Finding, GpuInstance, Verdict
@@ -59,8 +60,8 @@ def reconcile_stops(
     rec: Recorder,
     mine: Callable[[InstanceRef], bool] = lambda _: True,
 ) -> int:
-    """Give every stop intent without an outcome (a crash mid-stop) of ``mine`` its outcome
-    now; returns how many."""
+    """Give every stop intent without an outcome (a crash mid-stop, a lost answer) of ``mine``
+    its outcome now, from the instance's state; returns how many."""
     with store.reader() as tx:
         pending = [intent for intent in tx.pending_intents() if mine(intent.ref)]
     running = {finding.instance.key for finding in result.findings}
@@ -68,13 +69,13 @@ def reconcile_stops(
         failed_unit = unit_failed(result, intent.ref)
         if intent.ref.instance_key in running:
             outcome = "not_executed"
-            detail = "still running after a restart: the stop did not take effect"
+            detail = "still running when checked again: the stop did not take effect"
         elif failed_unit is not None:
             outcome = "unknown"
-            detail = f"could not check after a restart: {failed_unit.message}"
+            detail = f"could not check again: {failed_unit.message}"
         else:
             outcome = "ok"
-            detail = "no longer running after a restart: the stop took effect"
+            detail = "no longer running when checked again: the stop took effect"
         label = f"{intent.ref.name or intent.ref.instance_id} ({intent.ref.instance_id})"
         with store.transaction() as tx:
             rec.fence(tx)
@@ -92,8 +93,18 @@ def reconcile_stops(
                 tx.close_episode(intent.episode_id, rec.now, "stopped")
             elif intent.episode_id is not None:
                 tx.release_stop(intent.episode_id)
-            message = reconciled_message(label, outcome, detail)
-            rec.alert(tx, message, f"reconciled:{intent.id}")
+            if outcome == "ok":  # the same "Stopped" alert as a confirmed stop, once
+                rec.notifier.enqueue(
+                    tx,
+                    stop_confirmed_message(intent.ref, intent.action),
+                    at=rec.now,
+                    dedupe_key=f"stopped:{intent.id}",
+                    owner=tx.last_owner(intent.ref.instance_key, intent.at),
+                    instance_key=intent.ref.instance_key,
+                )
+            else:
+                message = reconciled_message(label, outcome, detail)
+                rec.alert(tx, message, f"reconciled:{intent.id}")
         log.warning(
             "stop_reconciled",
             instance_id=intent.ref.instance_id,

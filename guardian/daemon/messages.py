@@ -475,7 +475,7 @@ def reconciled_message(instance_label: str, outcome: str, detail: str) -> Messag
     return Message(
         "reconciled",
         "warning" if outcome == "unknown" else "info",
-        (t("Stop interrupted by a restart: "), v(instance_label), t(f" — {outcome}")),
+        (t("Stop unconfirmed (restart or lost answer): "), v(instance_label), t(f" — {outcome}")),
         ((v(detail),),),
     )
 

@@ -225,6 +225,22 @@ class Notifier:
         lines = [line for line in captured.getvalue().splitlines() if line.strip()]
         return lines[-1].split(" - ", 2)[-1] if lines else "delivery failed"
 
+    def send_now(self, message: Message) -> int:
+        """Deliver to every channel at once, bypassing the outbox; returns how many took it.
+
+        Only for alerts about the state database itself: while it refuses writes nothing can
+        be queued, and that is exactly when the team must hear of it. Not retried, not
+        recorded, never to owners.
+        """
+        delivered = 0
+        for url in self._urls.values():
+            error = self._send(url, message)
+            if error is None:
+                delivered += 1
+            else:
+                log.warning("direct_alert_failed", target=mask_secret_url(url), error=error)
+        return delivered
+
     def _retry_at(self, now: datetime, attempts_before: int) -> datetime:
         delay = self._base * (1 << min(attempts_before, 20))
         return now + min(delay, max(BACKOFF_CAP, self._base))

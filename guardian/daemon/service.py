@@ -35,14 +35,15 @@ from guardian.cycle import CycleResult
 from guardian.daemon import sdnotify
 from guardian.daemon.coordination import DIGEST_LOCK, coordinator_for
 from guardian.daemon.enforce import Enforcer, EnforceSummary
+from guardian.daemon.health import HealthWatch
 from guardian.daemon.messages import Saving, digest_message, top_savings
 from guardian.daemon.metrics_server import GuardianMetrics, MetricsEndpoint
 from guardian.daemon.notify import Notifier, digest_summary, validate_notify_urls
 from guardian.daemon.preflight import digest_trigger
 from guardian.daemon.shared_files import PriceCacheSync
-from guardian.daemon.store import Store
+from guardian.daemon.store import InstanceRef, Store
 from guardian.daemon.units import ReplicaCycle, UnitRunner
-from guardian.errors import GuardianError
+from guardian.errors import GuardianError, StateUnavailable
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider
 from guardian.report.document import totals
@@ -108,16 +109,23 @@ class CycleReport:
     enforcement: EnforceSummary
     duration_s: float
     units: int = 0
+    not_audited: tuple[InstanceRef, ...] = ()  # hidden by a failed listing, as last listed
+    state_error: str | None = None  # the database refused writes: nothing was enforced
 
     def status_line(self) -> str:
         t = totals(self.result.findings)
         e = self.enforcement
         stopped = sum(n for (_, dry), n in e.stops.items() if not dry)
-        return (
+        line = (
             f"{t.instances} GPU instances, {t.by_verdict.get('idle', 0)} idle "
             f"(${t.idle_burn_usd_per_hour:.2f}/h of ${t.hourly_burn_usd:.2f}/h), "
             f"{e.warned} warned, {stopped} stopped, {len(self.result.errors)} errors"
         )
+        if self.not_audited:
+            line += f", {len(self.not_audited)} not audited"
+        if self.state_error is not None:
+            line += "; state database refuses writes: nothing enforced"
+        return line
 
 
 class _Runtime:
@@ -179,6 +187,7 @@ class Daemon:
         self.store = open_store(config.effective_state_url, self._stopping)
         self._endpoint = MetricsEndpoint(self.metrics, config.metrics.listen)
         self._runtime = _Runtime(config, self.store, self.metrics, providers)
+        self.health = HealthWatch(self.store, config.limits.alert_after_failed_cycles)
         self._cycle_lock = threading.Lock()  # one cycle at a time; reload and stop wait on it
         coordinator = coordinator_for(self.store, config.poll_interval, config.units.lease)
         self.replica = coordinator.replica
@@ -207,10 +216,12 @@ class Daemon:
             with structlog.contextvars.bound_contextvars(cycle_id=cycle_id):
                 try:
                     report = self._cycle(cycle_id)
-                except Exception:
+                except Exception as exc:
                     log.exception("cycle_failed")
                     self.metrics.cycle_failures.inc()
                     sdnotify.notify("STATUS=last cycle failed; see the log")
+                    self._check_health(None, " ".join(f"{type(exc).__name__}: {exc}".split()))
+                    self.flush_outbox()
                     return None
         self._last_healthy = time.monotonic()
         sdnotify.notify("WATCHDOG=1", f"STATUS={report.status_line()}")
@@ -222,28 +233,41 @@ class Daemon:
         started = time.monotonic()
         self._prices.pull(config.state_dir)
         catalog = self._catalog_loader(config.state_dir)
+        if self.health.state_error is not None:
+            self.store.reconnect()  # the database may be back: try it on fresh connections
         done: ReplicaCycle = self._units.run(
             config, runtime.providers, runtime.enforcer, catalog, cycle_id
         )
-        result, summary = done.result, done.enforcement
+        result, summary, state_error = done.result, done.enforcement, done.state_error
+        not_audited = self.health.audited(result)
         self._savings = top_savings(result.findings)
         duration = time.monotonic() - started
         t = totals(result.findings)
-        with self.store.transaction() as tx:
-            tx.record_cycle(
-                cycle_id=cycle_id,
-                started_at=done.plan.started_at,
-                duration_s=duration,
-                findings=result.findings,
-                errors=len(result.errors),
-                hourly_burn_usd=t.hourly_burn_usd,
-                idle_burn_usd_per_hour=t.idle_burn_usd_per_hour,
-                replica=self.replica if self.store.is_postgres else None,
-                units=done.units,
-                with_observations=False,  # written unit by unit, under each unit's lease
-            )
+        if state_error is None:
+            try:
+                with self.store.transaction() as tx:
+                    tx.record_cycle(
+                        cycle_id=cycle_id,
+                        started_at=done.plan.started_at,
+                        duration_s=duration,
+                        findings=result.findings,
+                        errors=len(result.errors),
+                        hourly_burn_usd=t.hourly_burn_usd,
+                        idle_burn_usd_per_hour=t.idle_burn_usd_per_hour,
+                        replica=self.replica if self.store.is_postgres else None,
+                        units=done.units,
+                        with_observations=False,  # written unit by unit, under each unit's lease
+                    )
+            except StateUnavailable as exc:  # the audit stands; whatever needed a record waits
+                state_error = str(exc)
+        if state_error is not None:
+            self.health.state_unavailable(state_error)
+        else:
+            self.health.state_ok()
         self._count(result, summary, duration)
-        report = CycleReport(cycle_id, result, summary, duration, done.units)
+        report = CycleReport(
+            cycle_id, result, summary, duration, done.units, not_audited, state_error
+        )
         log.info(
             "cycle_done",
             cycle=done.plan.cycle,
@@ -259,9 +283,30 @@ class Daemon:
             stops=sum(summary.stops.values()),
             blocked=dict(summary.blocked),
             errors=len(result.errors),
+            **({"not_audited": len(not_audited)} if not_audited else {}),
+            **({"recorded": False} if state_error else {}),
         )
+        self._check_health(result, state_error, not_audited)
         self.flush_outbox()
         return report
+
+    def _check_health(
+        self,
+        result: CycleResult | None,
+        failure: str | None,
+        not_audited: tuple[InstanceRef, ...] = (),
+    ) -> None:
+        """guardian's alerts about itself; a bug in them must not fail the cycle."""
+        try:
+            self.health.check(
+                self._clock(),
+                self._runtime.notifier,
+                result=result,
+                failure=failure,
+                not_audited=not_audited,
+            )
+        except Exception:
+            log.exception("health_check_failed")
 
     def _count(self, result: CycleResult, summary: EnforceSummary, duration: float) -> None:
         m = self.metrics
@@ -274,30 +319,41 @@ class Daemon:
             m.api_errors.labels(provider, "stop").inc(count)
 
     def flush_outbox(self) -> None:
-        result = self._runtime.notifier.flush(self._clock())
+        if self.health.state_error is not None:
+            # A delivery could not be marked as done, so every flush would send it again.
+            return
+        try:
+            result = self._runtime.notifier.flush(self._clock())
+        except StateUnavailable as exc:
+            self.health.state_unavailable(str(exc))
+            return
         self.metrics.outbox_pending.set(result.pending)
 
     def send_digest(self) -> None:
         config = self._runtime.config
         now = self._clock()
         with structlog.contextvars.bound_contextvars(job="digest"):
-            with self.store.reader() as tx:
-                summary = digest_summary(tx, now, config.poll_interval)
-            summary = dataclasses.replace(summary, top_savings=self._savings)
-            with self.store.transaction() as tx:
-                if (
-                    self.store.is_postgres
-                    and not tx.conn.execute(
-                        sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": DIGEST_LOCK}
-                    ).scalar()
-                ):
-                    log.info("digest_queued_elsewhere")  # another replica is queueing it
-                    return
-                # The dedupe key (unique with the target) makes it one digest a day, whichever
-                # replica comes first.
-                self._runtime.notifier.enqueue(
-                    tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
-                )
+            try:
+                with self.store.reader() as tx:
+                    summary = digest_summary(tx, now, config.poll_interval)
+                summary = dataclasses.replace(summary, top_savings=self._savings)
+                with self.store.transaction() as tx:
+                    if (
+                        self.store.is_postgres
+                        and not tx.conn.execute(
+                            sa.text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": DIGEST_LOCK}
+                        ).scalar()
+                    ):
+                        log.info("digest_queued_elsewhere")  # another replica is queueing it
+                        return
+                    # The dedupe key (unique with the target) makes it one digest a day, whichever
+                    # replica comes first.
+                    self._runtime.notifier.enqueue(
+                        tx, digest_message(summary), at=now, dedupe_key=f"digest:{summary.day}"
+                    )
+            except StateUnavailable as exc:
+                self.health.state_unavailable(str(exc))
+                return
             self.flush_outbox()
 
     def refresh_prices(self) -> None:
@@ -338,8 +394,12 @@ class Daemon:
                 )
 
     def prune(self) -> None:
-        with self.store.transaction() as tx:
-            removed = tx.prune(self._clock() - OBSERVATION_RETENTION)
+        try:
+            with self.store.transaction() as tx:
+                removed = tx.prune(self._clock() - OBSERVATION_RETENTION)
+        except StateUnavailable as exc:
+            self.health.state_unavailable(str(exc))
+            return
         log.info("observations_pruned", removed=removed)
 
     def heartbeat(self) -> None:
@@ -372,6 +432,7 @@ class Daemon:
                 if before != after:
                     log.warning("config_reload_needs_restart", key=key)
             self._runtime = runtime
+            self.health.alert_after = config.limits.alert_after_failed_cycles
             old.close()
         self._schedule_jobs(replace=True)
         log.info("config_reloaded", mode=config.mode.value, dry_run=config.dry_run)

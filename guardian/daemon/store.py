@@ -16,7 +16,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,7 +33,7 @@ from guardian.daemon.schema import (
     replicas,
 )
 from guardian.daemon.store_outbox import OutboxRow, OutboxTx
-from guardian.errors import ConfigError, GuardianError
+from guardian.errors import ConfigError, GuardianError, StateUnavailable
 from guardian.model import Finding, GpuInstance
 from guardian.policy import Episode
 
@@ -181,6 +181,24 @@ class Tx(OutboxTx):
         ]
         if rows:
             self.conn.execute(observations.insert(), rows)
+
+    def latest_observations(self) -> list[ObservationRow]:
+        """The instances the most recent recorded cycle saw (what a restart last knew)."""
+        newest = sa.select(sa.func.max(observations.c.at)).scalar_subquery()
+        query = observations.select().where(observations.c.at == newest)
+        return [_row(ObservationRow, r) for r in self.conn.execute(query)]
+
+    def last_owner(self, instance_key: str, before: datetime) -> str | None:
+        """The owner tag an instance had when last observed up to ``before`` (a day back at
+        most), for an alert about it written when it is no longer listed."""
+        query = (
+            sa.select(observations.c.owner)
+            .where(observations.c.at <= before, observations.c.at >= before - timedelta(days=1))
+            .where(observations.c.instance_key == instance_key)
+            .order_by(observations.c.at.desc())
+            .limit(1)
+        )
+        return self.conn.execute(query).scalar_one_or_none()
 
     def observations_since(self, since: datetime) -> list[ObservationRow]:
         query = observations.select().where(observations.c.at >= since)
@@ -411,13 +429,34 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Tx]:
-        with self._write_lock, self.engine.begin() as conn:
+        """One unit of work; ``StateUnavailable`` when the database refuses it (nothing of it
+        is kept: the caller must not act on what it meant to record)."""
+        with self._write_lock, self._unavailable_as_state_error(), self.engine.begin() as conn:
             yield Tx(conn)
 
     @contextmanager
     def reader(self) -> Iterator[Tx]:
-        with self.engine.connect() as conn:
+        with self._unavailable_as_state_error(), self.engine.connect() as conn:
             yield Tx(conn)
+
+    @contextmanager
+    def _unavailable_as_state_error(self) -> Iterator[None]:
+        """An operational failure of the database (read-only file, full disk, server down)
+        becomes a one-line ``StateUnavailable``. The pooled connections are dropped with it: a
+        SQLite connection opened on a read-only file stays read-only, so only a new one sees
+        the database writable again — which is how the daemon recovers on its own."""
+        try:
+            yield
+        except sa.exc.OperationalError as exc:
+            self.engine.dispose()
+            reason = " ".join(str(exc.orig).split()) or type(exc.orig).__name__
+            where = sa.make_url(self.url).render_as_string(hide_password=True)
+            raise StateUnavailable(f"state database {where}: {reason}") from exc
+
+    def reconnect(self) -> None:
+        """Drop the pooled connections: the next use opens fresh ones (after an outage, a
+        pooled SQLite connection may still be the read-only one)."""
+        self.engine.dispose()
 
     def close(self) -> None:
         self.engine.dispose()

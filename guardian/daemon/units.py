@@ -29,6 +29,7 @@ from guardian.cycle import CycleResult, audit_units
 from guardian.daemon.coordination import Coordinator, CyclePlan, Lease, LeaseLost, UnitReport
 from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.store import Store, Tx
+from guardian.errors import StateUnavailable
 from guardian.model import Finding
 from guardian.prices import PriceCatalog
 from guardian.providers import Provider, Unit, UnitError, UnitPlan
@@ -48,6 +49,8 @@ class ReplicaCycle:
     units: int
     failed_units: int
     api_calls: int
+    # The state database refused a write: the audit stands, nothing more was enforced.
+    state_error: str | None = None
 
 
 def merge_summaries(summaries: Sequence[EnforceSummary]) -> EnforceSummary:
@@ -57,6 +60,7 @@ def merge_summaries(summaries: Sequence[EnforceSummary]) -> EnforceSummary:
         total.warned += s.warned
         total.resumed += s.resumed
         total.reconciled += s.reconciled
+        total.unconfirmed += s.unconfirmed
         total.stops.update(s.stops)
         total.stop_failures.update(s.stop_failures)
         total.blocked.update(s.blocked)
@@ -96,6 +100,7 @@ class _Slot:
     errors: tuple[UnitError, ...] = ()
     summary: EnforceSummary | None = None
     failure: str | None = None
+    state_error: str | None = None  # the database refused writes: audited, not enforced
     abandoned: bool = False
 
 
@@ -173,6 +178,7 @@ class UnitRunner:
             errors[:0] = plan.errors
         failed = sum(1 for s in slots if s.failure or s.errors)
         summary = merge_summaries([s.summary for s in slots if s.summary is not None])
+        state_error = next((s.state_error for s in slots if s.state_error), None)
         return ReplicaCycle(
             plan,
             CycleResult(plan.started_at, tuple(findings), tuple(errors)),
@@ -180,6 +186,7 @@ class UnitRunner:
             units=len(slots),
             failed_units=failed,
             api_calls=sum(_api_calls(providers).values()) - sum(calls_before.values()),
+            state_error=state_error,
         )
 
     def _work_through(self, work: _Work) -> list[_Slot]:
@@ -264,12 +271,17 @@ class UnitRunner:
                 guard = _Guard(
                     self.coordinator, work.plan, slot.lease, work.config.limits.max_stops_per_cycle
                 )
-                slot.summary = work.enforcer.run(
-                    result, self._clock(), work.cycle_id, unit=unit, guard=guard
-                )
-                with self._store.transaction() as tx:
-                    self.coordinator.fence(tx, slot.lease)
-                    tx.record_observations(work.cycle_id, work.plan.started_at, result.findings)
+                try:
+                    slot.summary = work.enforcer.run(
+                        result, self._clock(), work.cycle_id, unit=unit, guard=guard
+                    )
+                    with self._store.transaction() as tx:
+                        self.coordinator.fence(tx, slot.lease)
+                        tx.record_observations(work.cycle_id, work.plan.started_at, result.findings)
+                except StateUnavailable as exc:
+                    # The audit stands (reported, counted); nothing more is warned about or
+                    # stopped, as nothing could be recorded. The daemon says so once.
+                    slot.state_error = str(exc)
                 slot.findings, slot.errors = result.findings, result.errors
             except LeaseLost as exc:
                 slot.failure = f"lease lost: {exc}"

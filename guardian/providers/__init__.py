@@ -110,6 +110,10 @@ class StopResult:
     # The cloud refuses this stop for good (stop protection, an unsupported instance): retrying
     # cannot help, so enforcement records it once and never tries again this episode.
     permanent: bool = False
+    # Not ok, but the call may still have taken effect: its answer was lost (a timeout, a
+    # dropped connection, a server error). Enforcement then reads the outcome from the
+    # instance's state in the next cycle instead of calling it failed — or stopping again.
+    unconfirmed: bool = False
 
 
 class Provider(Protocol):

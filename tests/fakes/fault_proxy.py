@@ -15,7 +15,13 @@ either forwards it or answers as the real service would when it is in trouble:
 - ``truncate``: the upstream answer, cut in half after a full ``Content-Length`` header;
 - ``drop``: the connection closed without an answer;
 - ``forward_then_drop``: forwarded (the upstream acts on it) but the answer never arrives, as
-  when a stop call times out although the stop happened.
+  when a stop call times out although the stop happened;
+- ``error``: any error the service can send, by ``status`` and ``code`` (``ExpiredToken``,
+  ``AccessDenied``...), in the service's own format.
+
+Besides the ``FaultPlan`` (by operation and call number), an ``intercept`` function may pick a
+fault from the whole request (``Request``: operation, signing region, access key, body): a
+region that cannot be reached, one account's credentials expired.
 
 A ``rewrite`` hook may change any forwarded answer's body (missing fields, wrong types, unknown
 enum values). gRPC services (Monitoring, Billing) cannot be proxied at the HTTP level; for
@@ -44,13 +50,14 @@ __all__ = [
     "FaultProxy",
     "NoFaults",
     "RandomFaults",
+    "Request",
     "ScheduledFaults",
     "grpc_fault_interceptor",
     "operation_of",
 ]
 
 FaultKind = Literal[
-    "throttle", "http500", "http503", "latency", "truncate", "drop", "forward_then_drop"
+    "throttle", "http500", "http503", "latency", "truncate", "drop", "forward_then_drop", "error"
 ]
 FAULT_KINDS: tuple[FaultKind, ...] = (
     "throttle",
@@ -62,7 +69,7 @@ FAULT_KINDS: tuple[FaultKind, ...] = (
 )
 Rewrite = Callable[[str, bytes, Mapping[str, str]], bytes]
 
-_SCOPE = re.compile(r"Credential=[^/]+/\d{8}/([^/]+)/([^/]+)/aws4_request")
+_SCOPE = re.compile(r"Credential=([^/]+)/\d{8}/([^/]+)/([^/]+)/aws4_request")
 _CBOR_OPERATION = re.compile(r"/service/[^/]+/operation/([A-Za-z]+)")
 _GCP_ID = re.compile(r"/(instances|operations|zones|regions|machineTypes)/[^/?]+")
 
@@ -71,6 +78,22 @@ _GCP_ID = re.compile(r"/(instances|operations|zones|regions|machineTypes)/[^/?]+
 class Fault:
     kind: FaultKind
     delay_s: float = 0.0  # for latency
+    status: int = 400  # for error
+    code: str = ""  # for error
+
+
+@dataclass(frozen=True)
+class Request:
+    """What ``FaultProxy.intercept`` sees of a request. ``region`` and ``access_key`` come from
+    an AWS signature (empty for Google's APIs)."""
+
+    operation: str
+    region: str
+    access_key: str
+    body: bytes
+
+
+Intercept = Callable[[Request], "Fault | None"]
 
 
 class FaultPlan(Protocol):
@@ -130,7 +153,7 @@ def operation_of(method: str, path: str, headers: Mapping[str, str], body: bytes
     /path`` for Google's REST APIs, with ids kept and the query string dropped."""
     scope = _SCOPE.search(headers.get("authorization", ""))
     if scope is not None:
-        service = scope.group(2)
+        service = scope.group(3)
         target = headers.get("x-amz-target")
         if target:
             return f"{service}:{target.rsplit('.', 1)[-1]}"
@@ -181,7 +204,12 @@ def error_response(
     service = operation.split(":", 1)[0]
     compat = {"x-amzn-query-error": f"{code};Sender"} if query_mode else {}
     if protocol == "google":
-        state = {429: "RESOURCE_EXHAUSTED", 503: "UNAVAILABLE"}.get(status, "INTERNAL")
+        state = {
+            401: "UNAUTHENTICATED",
+            403: "PERMISSION_DENIED",
+            429: "RESOURCE_EXHAUSTED",
+            503: "UNAVAILABLE",
+        }.get(status, "INTERNAL")
         body = (
             f'{{"error": {{"code": {status}, "message": "{message}", "status": "{state}"}}}}'
         ).encode()
@@ -235,11 +263,13 @@ class FaultProxy:
         plan: FaultPlan | None = None,
         *,
         rewrite: Rewrite | None = None,
+        intercept: Intercept | None = None,
     ) -> None:
         parts = urlsplit(upstream)
         self.upstream = _Upstream(parts.hostname or "127.0.0.1", parts.port or 80)
         self.plan: FaultPlan = plan or NoFaults()
         self.rewrite = rewrite
+        self.intercept = intercept  # consulted first; its fault wins over the plan's
         self.calls: Counter[str] = Counter()  # operation → calls seen
         self.injected: Counter[tuple[str, str]] = Counter()  # (operation, fault kind) → count
         self._lock = threading.Lock()
@@ -292,7 +322,13 @@ class FaultProxy:
         with self._lock:
             self.calls[operation] += 1
             number = self.calls[operation]
-        fault = self.plan.fault_for(operation, number)
+        fault = None
+        if self.intercept is not None:
+            scope = _SCOPE.search(headers.get("authorization", ""))
+            key, region = (scope.group(1), scope.group(2)) if scope else ("", "")
+            fault = self.intercept(Request(operation, region, key, body))
+        if fault is None:
+            fault = self.plan.fault_for(operation, number)
         if fault is not None:
             with self._lock:
                 self.injected[(operation, fault.kind)] += 1
@@ -301,17 +337,19 @@ class FaultProxy:
             request.connection.close()
             return
         protocol = _protocol(headers, request.path)
-        if fault is not None and fault.kind in {"throttle", "http500", "http503"}:
+        if fault is not None and fault.kind in {"throttle", "http500", "http503", "error"}:
             if fault.kind == "throttle":
                 status, code = _throttle(operation, protocol)
+            elif fault.kind == "error":
+                status, code = fault.status, fault.code
             else:
                 status = 500 if fault.kind == "http500" else 503
                 code = "InternalError" if status == 500 else "ServiceUnavailable"
             query_mode = headers.get("x-amzn-query-mode") == "true" or protocol == "cbor"
-            answer = error_response(
+            error = error_response(
                 operation, protocol, status, code, "injected", query_mode=query_mode
             )
-            self._answer(request, *answer)
+            self._answer(request, *error)
             return
         if fault is not None and fault.kind == "latency":
             time.sleep(fault.delay_s)

@@ -143,16 +143,22 @@ def test_two_series_of_one_gpu_merge_and_count_once() -> None:
     assert (sample.gpu_util_pct, sample.complete) == (40.0, True)
 
 
-def test_a_failed_utilisation_query_is_an_error_a_failed_memory_query_is_not() -> None:
+def test_a_failed_utilisation_or_memory_query_is_a_failed_fetch() -> None:
+    # A memory series that could not be read is not an absent one: read as absent, a job-ended
+    # instance warned on "memory released" turns busy for a cycle and its warning is withdrawn
+    # (seen under injected faults, bench/faults.py). Absent memory stays merely unknown.
     inst = instance("i-a", gpus=1)
     queries = [_query("q0", "util", "0", inst), _query("q1", "mem", "0", inst)]
     points = {"q0": columns((T0, 1.0)), "q1": columns()}
-    result = reduce_instance(inst, queries, points, {"q1": "CloudWatch returned Forbidden"}, NAMES)
-    assert result.error is None
-    assert result.samples[0].mem_used_mib is None
-    failed = reduce_instance(inst, queries, points, {"q0": "CloudWatch returned Forbidden"}, NAMES)
-    assert failed.error == "CloudWatch returned Forbidden"
-    assert failed.samples == ()
+    absent = reduce_instance(inst, queries, points, {}, NAMES)
+    assert absent.error is None
+    assert absent.samples[0].mem_used_mib is None
+    for query_id in ("q0", "q1"):
+        failed = reduce_instance(
+            inst, queries, points, {query_id: "CloudWatch returned Forbidden"}, NAMES
+        )
+        assert (failed.error, failed.fetch_failed) == ("CloudWatch returned Forbidden", True)
+        assert failed.samples == ()
 
 
 @pytest.mark.parametrize(

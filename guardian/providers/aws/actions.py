@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
-from guardian.errors import ProviderError
+from guardian.errors import ProviderError, Unavailable
 from guardian.model import GpuInstance, ScalingGroup
 from guardian.policy import controller_label
 from guardian.providers import StopResult
@@ -67,7 +67,12 @@ def stop_instance(ec2: EC2Client, instance: GpuInstance, *, hibernate: bool) -> 
     except Exception as exc:
         error = map_aws_error(exc, operation="ec2:StopInstances")
         permanent = error_code(exc) in PERMANENT_STOP_CODES
-        return StopResult(instance.key, False, action, str(error), permanent=permanent)
+        # Throttled or denied: nothing happened. Unavailable: the answer was lost, not
+        # necessarily the stop.
+        lost = isinstance(error, Unavailable)
+        return StopResult(
+            instance.key, False, action, str(error), permanent=permanent, unconfirmed=lost
+        )
     states = {
         change.get("InstanceId"): change.get("CurrentState", {}).get("Name", "?")
         for change in response.get("StoppingInstances", [])
@@ -186,4 +191,11 @@ def standby_then_stop(
     back = "; ".join(restart_commands(instance, group_name))
     where = f" in Standby in Auto Scaling group {group_name}" if group_name else ""
     message = f"{result.message}{where}; to bring it back: {back}"
-    return StopResult(instance.key, result.ok, action, message, permanent=result.permanent)
+    return StopResult(
+        instance.key,
+        result.ok,
+        action,
+        message,
+        permanent=result.permanent,
+        unconfirmed=result.unconfirmed,
+    )

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Literal, overload
 
 import boto3
 from botocore.config import Config as BotoConfig
+from botocore.exceptions import IncompleteReadError
 from botocore.utils import parse_timestamp
 
 from guardian.config import AwsAccount
@@ -39,6 +40,7 @@ __all__ = [
     "CallCounter",
     "account_from_role_arn",
     "boto_config",
+    "refuse_cut_short_answer",
 ]
 
 ROLE_SESSION_NAME = "gpu-guardian"
@@ -77,6 +79,25 @@ def provider_client_config(patience: Patience) -> BotoConfig:
         max_pool_connections=32,  # worker threads share one client per service and region
         user_agent_extra="gpu-guardian",
     )
+
+
+def refuse_cut_short_answer(response_dict: Mapping[str, Any], **_: Any) -> None:
+    """An answer shorter than its Content-Length is an error, never parsed.
+
+    botocore reads answers with urllib3's length check switched off, so a connection cut
+    mid-answer hands the parser a shorter body — and its CBOR parser (CloudWatch) reads that as
+    a shorter answer without a word: fewer series listed, fewer datapoints. A metric that could
+    not be read would pass for one that is not there (found under injected faults).
+    """
+    headers = response_dict.get("headers") or {}
+    body = response_dict.get("body")
+    expected = headers.get("content-length")
+    if not isinstance(body, bytes) or expected is None or not str(expected).isdigit():
+        return
+    if headers.get("content-encoding", "identity") != "identity":
+        return  # the length counts the encoded bytes; botocore decodes later
+    if len(body) < int(expected):
+        raise IncompleteReadError(actual_bytes=len(body), expected_bytes=int(expected))
 
 
 class CallCounter:
@@ -285,6 +306,7 @@ class AwsClients:
                 aws_session_token=credentials.get("SessionToken"),
             )
             client.meta.events.register("before-call", self.counter)
+            client.meta.events.register("before-parse", refuse_cut_short_answer)
             if service in LARGE_RESPONSES:
                 self._parse_gate.attach(client.meta.events, service, LARGE_RESPONSES[service])
             self._clients[key] = client

@@ -244,8 +244,12 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
     klass, name = _botocore_class(exc)
     if name in _CREDENTIAL_CLASSES:
         return AuthError(CREDENTIALS_HELP, provider="aws", operation=operation)
-    detail = _one_line(str(exc)) or name
+    # Only the first line: botocore's ResponseParserError quotes the raw answer after it, and
+    # an answer cut short may be an AssumeRole one, with the role's secret key in it.
+    first = str(exc).split("\n", 1)[0]
+    detail = _one_line(first).rstrip(":") or name
     if name == "ResponseParserError":
         # A captive portal, a proxy's error page, a wrong AWS_ENDPOINT_URL: say so first.
-        detail = _one_line(f"the answer is not an AWS API response (a proxy's page?): {exc}")
+        detail = _one_line(f"the answer is not an AWS API response (a proxy's page?): {first}")
+        detail = detail.rstrip(":")
     return klass(f"{where}{detail}", provider="aws", operation=operation)

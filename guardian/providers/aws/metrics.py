@@ -332,15 +332,18 @@ def reduce_instance(
     failed: Mapping[str, str],
     names: MetricNames,
 ) -> GpuUtilisation:
-    """Per-GPU series → per-instance samples; an error if any utilisation series failed."""
+    """Per-GPU series → per-instance samples; an error if any utilisation or memory series
+    failed (a failed read is not an absent series: see ``AwsProvider.utilisation``)."""
     util: dict[str, dict[datetime, float]] = {}
     mem: dict[str, dict[datetime, float]] = {}
     other: dict[str, dict[datetime, float]] = {}
     for query in queries:
-        if query.kind == "util" and query.id in failed:
-            return GpuUtilisation(period_s=names.period_s, error=failed[query.id])
+        if query.kind in ("util", "mem") and query.id in failed:
+            return GpuUtilisation(
+                period_s=names.period_s, error=failed[query.id], fetch_failed=True
+            )
         if query.id in failed:
-            continue  # memory and the per-instance series are optional: left out
+            continue  # the per-instance series are optional: left out
         by_kind = {"util": util, "mem": mem, "instance": other}[query.kind]
         per_time = by_kind.setdefault(query.gpu, {})
         # Two series of one GPU (the agent's dimensions changed) merge; the max wins per time,

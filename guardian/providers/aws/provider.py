@@ -266,9 +266,12 @@ class AwsProvider:
                     continue
                 try:
                     mem = listings[(unit, names.namespace, names.gpu_mem_used)].result()
-                except Exception as exc:  # memory is optional: without it no early "released"
-                    log.warning("aws_memory_listing_failed", region=unit[1], error=str(exc))
-                    mem = {}
+                except Exception as exc:
+                    # Memory that is not published is unknown (no early "released"); memory
+                    # that could not be read this cycle is a failed fetch. Read as absent, it
+                    # would turn a warned job-ended instance "busy" and withdraw its warning.
+                    yield from self._fail(members, exc, "cloudwatch:ListMetrics")
+                    continue
                 batches = plan_batches(
                     members,
                     util,
@@ -322,7 +325,7 @@ class AwsProvider:
             instances=len(members),
             error=str(error),
         )
-        failure = GpuUtilisation(period_s=self._names.period_s, error=str(error))
+        failure = GpuUtilisation(period_s=self._names.period_s, error=str(error), fetch_failed=True)
         return [(instance.key, failure) for instance in members]
 
     # -- acting on one instance -----------------------------------------------------------------

@@ -210,7 +210,15 @@ def utilisation_for(
 ) -> GpuUtilisation:
     """One VM's GpuUtilisation from its project's query results (or their failure)."""
     if isinstance(util, Exception):
-        return GpuUtilisation(period_s=period_s, error=f"Cloud Monitoring query failed: {util}")
+        return GpuUtilisation(
+            period_s=period_s, error=f"Cloud Monitoring query failed: {util}", fetch_failed=True
+        )
+    if isinstance(mem, Exception):  # unread, not absent: it could withdraw a warning wrongly
+        return GpuUtilisation(
+            period_s=period_s,
+            error=f"Cloud Monitoring memory query failed: {mem}",
+            fetch_failed=True,
+        )
     util_by_gpu = util.by_instance.get(instance.instance_id)
     if not util_by_gpu:
         return GpuUtilisation(

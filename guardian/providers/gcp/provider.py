@@ -344,7 +344,8 @@ class GcpProvider:
             operation = self._wait(instance, operation)
         except Exception as exc:
             error = map_google_error(exc, "instances.stop")
-            return StopResult(key, False, "stop", str(error))
+            lost = isinstance(error, Unavailable)  # the answer was lost, not necessarily the stop
+            return StopResult(key, False, "stop", str(error), unconfirmed=lost)
         note = " (GCE cannot suspend GPU VMs; stopped instead)" if hibernate else ""
         done = operation.status == compute_v1.Operation.Status.DONE
         if not done:
@@ -354,6 +355,7 @@ class GcpProvider:
                 "stop",
                 f"stop requested, but operation {operation.name} still "
                 f"{operation.status.name} after {self._stop_timeout_s:g} s",
+                unconfirmed=True,  # it may well finish: the next cycle reads the VM's state
             )
         problems = [e.message or e.code for e in operation.error.errors]
         if problems:
