@@ -431,16 +431,16 @@ class Store:
     def transaction(self) -> Iterator[Tx]:
         """One unit of work; ``StateUnavailable`` when the database refuses it (nothing of it
         is kept: the caller must not act on what it meant to record)."""
-        with self._write_lock, self._unavailable_as_state_error(), self.engine.begin() as conn:
+        with self._write_lock, self.state_errors(), self.engine.begin() as conn:
             yield Tx(conn)
 
     @contextmanager
     def reader(self) -> Iterator[Tx]:
-        with self._unavailable_as_state_error(), self.engine.connect() as conn:
+        with self.state_errors(), self.engine.connect() as conn:
             yield Tx(conn)
 
     @contextmanager
-    def _unavailable_as_state_error(self) -> Iterator[None]:
+    def state_errors(self) -> Iterator[None]:
         """An operational failure of the database (read-only file, full disk, server down)
         becomes a one-line ``StateUnavailable``. The pooled connections are dropped with it: a
         SQLite connection opened on a read-only file stays read-only, so only a new one sees

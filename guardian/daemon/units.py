@@ -25,7 +25,7 @@ from datetime import datetime
 import structlog
 
 from guardian.config import Config
-from guardian.cycle import CycleResult, audit_units
+from guardian.cycle import CycleResult, audit_cycle, audit_units
 from guardian.daemon.coordination import Coordinator, CyclePlan, Lease, LeaseLost, UnitReport
 from guardian.daemon.enforce import Enforcer, EnforceSummary
 from guardian.daemon.store import Store, Tx
@@ -153,7 +153,11 @@ class UnitRunner:
         cycle_id: str,
     ) -> ReplicaCycle:
         calls_before = _api_calls(providers)
-        plan = self.coordinator.plan(self._clock(), lambda: _plan_all(providers))
+        try:
+            with self._store.state_errors():
+                plan = self.coordinator.plan(self._clock(), lambda: _plan_all(providers))
+        except StateUnavailable as exc:
+            return self._audit_only(config, providers, catalog, str(exc), calls_before)
         for error in plan.errors if plan.planned_here else ():
             log.warning(
                 "unit_plan_failed",
@@ -185,6 +189,30 @@ class UnitRunner:
             summary,
             units=len(slots),
             failed_units=failed,
+            api_calls=sum(_api_calls(providers).values()) - sum(calls_before.values()),
+            state_error=state_error,
+        )
+
+    def _audit_only(
+        self,
+        config: Config,
+        providers: Sequence[Provider],
+        catalog: PriceCatalog,
+        state_error: str,
+        calls_before: Counter[str],
+    ) -> ReplicaCycle:
+        """The shared database is down (PostgreSQL), so no unit can be claimed: audit
+        everything read-only, as if alone, and enforce nothing — nothing could be recorded
+        first. Every replica does so until the database is back (more API calls for the
+        outage, and the metrics and status line stay current)."""
+        now = self._clock()
+        result = audit_cycle(config, providers, catalog, now)
+        return ReplicaCycle(
+            CyclePlan(cycle=-1, started_at=now, units=(), planned_here=False),
+            result,
+            EnforceSummary(),
+            units=0,
+            failed_units=0,
             api_calls=sum(_api_calls(providers).values()) - sum(calls_before.values()),
             state_error=state_error,
         )

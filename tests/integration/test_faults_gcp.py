@@ -13,6 +13,7 @@ from pathlib import Path
 
 from guardian.config import Config
 from guardian.daemon.service import CycleReport, Daemon
+from guardian.providers import Patience
 from guardian.providers.gcp.provider import GcpProvider
 from tests.e2e.receivers import HttpReceiver
 from tests.fakes.fault_proxy import Fault, FaultProxy, ScheduledFaults, grpc_fault_interceptor
@@ -67,7 +68,9 @@ def test_monitoring_down_then_one_project_unreachable_on_gcp(tmp_path: Path) -> 
     now = [start]
     daemon = Daemon(
         config,
-        providers=lambda cfg: [GcpProvider(cfg, api_deadline_s=1.0)],
+        providers=lambda cfg: [
+            GcpProvider(cfg, patience=Patience(connect_s=0.5, read_s=0.5, attempts=1))
+        ],
         clock=lambda: now[0],
     )
 

@@ -288,8 +288,60 @@ def test_status_line_names_what_was_not_audited_or_recorded() -> None:
 
     ref = InstanceRef("aws:1:i-1", "aws", "1", "us-west-2", "i-1")
     report = CycleReport(
-        "c", CycleResult(datetime.now(UTC), ()), EnforceSummary(), 0.1, (ref,), "full"
+        "c",
+        CycleResult(datetime.now(UTC), ()),
+        EnforceSummary(),
+        0.1,
+        not_audited=(ref,),
+        state_error="full",
     )
     assert report.status_line().endswith(
         "0 errors, 1 not audited; state database refuses writes: nothing enforced"
     )
+
+
+def test_postgresql_down_audits_on_stops_nothing_and_recovers(
+    tmp_path: Path, http: HttpReceiver
+) -> None:
+    """The shared database stopped (``pg_ctl stop``) with a warning's deadline about to pass:
+    no unit can be claimed and no intent written, so every cycle audits read-only, nothing is
+    stopped, the reason is said once and the "cycles failing" alert goes out directly. Started
+    again, the next cycle stops what is due, intent first. The password in ``state_url`` is
+    never written anywhere."""
+    from tests.postgres import PostgresServer
+
+    server = PostgresServer()  # its own: stopping the session's server would fail others
+    secret = "pg-Pa55word-never-shown"
+    world: World | None = None
+    try:
+        url = server.create_database().replace("postgres@", f"postgres:{secret}@", 1)
+        with capture_logs() as logs:
+            world = World(tmp_path, http.url(), state_url=url)
+            world.cycle()  # warned: deadline in 5 minutes
+            server.stop()
+            reports = [world.cycle() for _ in range(7)]  # the deadline passes meanwhile
+        assert all(r is not None and len(r.result.findings) == 2 and r.state_error for r in reports)
+        (said,) = _events(logs, "state_unwritable")
+        assert "127.0.0.1" in said["error"]
+        assert world.provider.stopped == []
+        assert http.titles().count("guardian: the last 3 cycles failed") == 1
+
+        server.start()
+        with capture_logs() as back:
+            world.cycle()
+        assert _events(back, "state_writable_again")
+        assert world.provider.stopped == [world.idle.key]
+        assert world.provider.unrecorded_stops == []
+        assert world.actions() == [
+            ("warn", "event", "stop"),
+            ("stop", "intent", None),
+            ("stop", "outcome", "ok"),
+        ]
+        world.daemon.flush_outbox()
+        assert http.titles().count("guardian: cycles succeed again after 7 failed") == 1
+        written = repr(logs) + repr(back) + repr(http.posts) + repr(world.actions())
+        assert secret not in written
+    finally:
+        if world is not None:
+            world.daemon.close()
+        server.close()
