@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from typing import Any
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator
 
@@ -22,6 +23,7 @@ __all__ = [
     "region_list",
     "region_name",
     "role_arn",
+    "url_syntax",
     "within",
 ]
 
@@ -74,7 +76,7 @@ def within(
 
     def check(value: Any) -> Any:
         parse: Any = float
-        shown: Any = "{:g}".format
+        shown: Any = _number
         if isinstance(value, timedelta):
             parse, shown = parse_duration, format_duration
         elif isinstance(low, str):
@@ -90,6 +92,18 @@ def within(
         return value
 
     return AfterValidator(check)
+
+
+def _number(value: float) -> str:
+    """``{:g}`` of a number, also of an integer too large for a float (``10**400``)."""
+    try:
+        return f"{value:g}"
+    except OverflowError:
+        return (
+            f"{value:.3e}"
+            if isinstance(value, float)
+            else f"an integer of {len(str(value))} digits"
+        )
 
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")  # us-east-1, us-gov-west-1, ap-southeast-5
@@ -120,6 +134,16 @@ def listen_address(value: str) -> str:
     _host, sep, port = value.strip().rpartition(":")
     if value.strip() and (not sep or not port.isdigit() or not 0 < int(port) < 65536):
         raise ValueError(f"expected HOST:PORT (or empty for off), got {value!r}")
+    return value
+
+
+def url_syntax(value: str) -> str:
+    """A URL the standard library can split (``http://[::1`` cannot): checked here, so that no
+    later ``urlsplit`` of a config value raises where nobody expects it."""
+    try:
+        urlsplit(value).port  # noqa: B018  # the port is parsed, and checked, only when read
+    except ValueError as exc:
+        raise ValueError(f"not a URL: {exc}") from None
     return value
 
 

@@ -38,6 +38,7 @@ from guardian.bounds import (
     region_list,
     region_name,
     role_arn,
+    url_syntax,
     within,
 )
 from guardian.durations import format_duration, parse_duration
@@ -68,6 +69,7 @@ DEFAULT_SEARCH_PATHS: tuple[Path, ...] = (
     Path("config/guardian.yaml"),
 )
 
+Url = Annotated[str, AfterValidator(url_syntax)]
 Duration = Annotated[
     timedelta,
     BeforeValidator(parse_duration),
@@ -353,18 +355,18 @@ class GcpConfig(_Section):
     projects: list[str] | GcpProjectsBelow = Field(default_factory=list)
     credentials: Literal["default", "anonymous"] = "default"
     metrics: GcpMetricsConfig = GcpMetricsConfig()
-    compute_endpoint: str | None = None
-    monitoring_endpoint: str | None = None
-    billing_endpoint: str | None = None
-    resource_manager_endpoint: str | None = None
+    compute_endpoint: Url | None = None
+    monitoring_endpoint: Url | None = None
+    billing_endpoint: Url | None = None
+    resource_manager_endpoint: Url | None = None
 
 
 class NotifyConfig(_Section):
-    urls: list[str] = Field(default_factory=list)
+    urls: list[Url] = Field(default_factory=list)
     digest: str = "0 9 * * *"
     # Extension: also mail the owner named by the owner tag, through this apprise mailto:// URL
     # (the owner's address is appended as the recipient). Empty = off.
-    owner_mailto: str = ""
+    owner_mailto: Url = ""
     owner_email_domain: str = ""
 
 
@@ -375,7 +377,7 @@ class JupyterConfig(_Section):
     # Servers found by their runtime files (jpserver-*.json) in these directories; empty = every
     # user's ~/.local/share/jupyter/runtime and $JUPYTER_RUNTIME_DIR.
     runtime_dirs: list[Path] = Field(default_factory=list)
-    urls: list[str] = Field(default_factory=list)  # servers that write no runtime file here
+    urls: list[Url] = Field(default_factory=list)  # servers that write no runtime file here
     token_file: Path | None = None  # tokens for `urls`: TOKEN, or URL TOKEN, one per line
     timeout: Annotated[Duration, within("1s", "30s", "the agent reads Jupyter on every poll")] = (
         timedelta(seconds=2)
@@ -474,6 +476,15 @@ def _is_union_tag(part: int | str) -> bool:
     return isinstance(part, str) and ("[" in part or part[:1].isupper())
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _key_name(part: str) -> str:
+    """A key as the error shows it: as written when it is a plain name, else quoted and
+    escaped, so that a key holding a newline, a dot or nothing still reads as one key."""
+    return part if _PLAIN_KEY.fullmatch(part) else repr(part)
+
+
 def _key_path(loc: tuple[int | str, ...]) -> str:
     """``('aws', 'regions', 'list[...]', 0)`` → ``aws.regions[0]``."""
     path = ""
@@ -481,7 +492,7 @@ def _key_path(loc: tuple[int | str, ...]) -> str:
         if isinstance(part, int):
             path += f"[{part}]"
         elif not _is_union_tag(part):
-            path += f".{part}" if path else part
+            path += f".{_key_name(part)}" if path else _key_name(part)
     return path or "(top level)"
 
 
@@ -543,10 +554,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark is not None else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError(f"{path}{where}: {problem}") from exc
+        raise ConfigError(f"{path}{_yaml_problem(exc, text)}") from exc
+    except RecursionError as exc:  # thousands of nested brackets
+        raise ConfigError(f"{path}: nested too deeply to be a config") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -554,6 +564,18 @@ def _read_yaml(path: Path) -> dict[str, Any]:
             f"{path}: the top level must be a mapping of keys, not {type(data).__name__}"
         )
     return data
+
+
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """`` line N: problem`` for a YAML error, on one line whatever the problem's text."""
+    mark = getattr(exc, "problem_mark", None)
+    line: int | None = mark.line + 1 if mark is not None else None
+    problem = getattr(exc, "problem", None)
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character: PyYAML's own check
+        line = text.count("\n", 0, exc.position) + 1
+        problem = f"character {exc.character!r} is not allowed in YAML"
+    where = f" line {line}" if line is not None else ""
+    return f"{where}: {' '.join(str(problem or 'invalid YAML').split())}"
 
 
 def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -570,7 +592,13 @@ def apply_overrides(data: Mapping[str, Any], overrides: Iterable[str]) -> dict[s
             if not isinstance(child, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
             node = child
-        node[parts[-1]] = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        try:
+            value = yaml.safe_load(raw_value) if raw_value.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(
+                f"override {item!r}: {_yaml_problem(exc, raw_value).lstrip(' :')}"
+            ) from exc
+        node[parts[-1]] = value
     return result
 
 

@@ -29,11 +29,13 @@ def reduce_gpu_series(
     util_at: dict[datetime, list[float]] = {}
     for points in util_by_gpu.values():
         for at, value in points:
-            util_at.setdefault(at, []).append(value)
+            if _is_reading(value):
+                util_at.setdefault(at, []).append(value)
     mem_at: dict[datetime, list[float]] = {}
     for points in (mem_by_gpu or {}).values():
         for at, value in points:
-            mem_at.setdefault(at, []).append(value)
+            if _is_reading(value):
+                mem_at.setdefault(at, []).append(value)
     samples = []
     for at in sorted(util_at):
         values = util_at[at]
@@ -47,6 +49,13 @@ def reduce_gpu_series(
             )
         )
     return tuple(samples)
+
+
+def _is_reading(value: float) -> bool:
+    """A NaN, an infinity or a negative number from an API is a GPU that did not report: kept,
+    NaN would make ``max`` depend on the order (``max([0, nan])`` is 0, a working GPU hidden)
+    and a negative utilisation would look idler than idle."""
+    return isinstance(value, int | float) and math.isfinite(value) and value >= 0
 
 
 def percentile(values: Iterable[float], pct: float) -> float | None:

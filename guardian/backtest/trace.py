@@ -53,6 +53,10 @@ _PHILLY_WINDOWS = ("job_id", "machine_id", "gpu", "window_start_local", "job_run
 # Philly excerpts of one machine closer than this are one stretch of its life.
 SEGMENT_GAP = timedelta(minutes=10)
 
+# Timestamps a replay can add a year to, or take one from, without leaving the calendar.
+_EARLIEST = datetime.min.replace(tzinfo=UTC) + timedelta(days=366)
+_LATEST = datetime.max.replace(tzinfo=UTC) - timedelta(days=366)
+
 Points = list[tuple[datetime, float]]
 # Per GPU, timestamp → reading: a duplicated row cannot make a timestamp look complete.
 Readings = dict[str, dict[datetime, float]]
@@ -134,6 +138,10 @@ class _Times:
                 raise TraceError(
                     f"{self._where} line {line}: timestamp {text!r} is out of range"
                 ) from None
+        if not _EARLIEST <= moment <= _LATEST:
+            # Replaying adds windows and lookbacks to every time: near the calendar's ends that
+            # overflows. No GPU has reported from there.
+            raise TraceError(f"{self._where} line {line}: timestamp {text!r} is out of range")
         self._cache[text] = moment
         return moment
 
@@ -146,7 +154,12 @@ class _Times:
                 "Unix seconds"
             ) from None
         # A naive time is taken as UTC, as the tags' times are.
-        return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
+        try:
+            return (moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment).astimezone(UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is before the calendar's first day
+            raise TraceError(
+                f"{self._where} line {line}: timestamp {text!r} is out of range"
+            ) from None
 
 
 def _number(text: str | None, column: str, where: str, line: int) -> float | None:
@@ -241,13 +254,13 @@ def _instance(instance_id: str, launch: datetime, gpus: int, shape: TraceDefault
 
 
 def _read_backtest(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
+    rows: csv.DictReader[str], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     points: dict[str, _GpuReadings] = defaultdict(lambda: _GpuReadings({}, {}))
     notebook: dict[str, dict[datetime, float]] = defaultdict(dict)
     shape: dict[str, TraceDefaults] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in _numbered(rows):
         _fields(row, header, where, line)  # type: ignore[arg-type]
         instance_id = (row.get("instance_id") or "").strip()
         if not instance_id:
@@ -297,11 +310,11 @@ def _read_backtest(
 
 
 def _read_philly_minutes(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
+    rows: csv.DictReader[str], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     by_machine: dict[str, list[tuple[datetime, str, float]]] = defaultdict(list)
-    for line, row in enumerate(rows, start=2):
+    for line, row in _numbered(rows):
         _fields(row, header, where, line)  # type: ignore[arg-type]
         util = _number(row.get("gpu_util"), "gpu_util", where, line)
         if util is None:
@@ -336,11 +349,11 @@ def _philly_segment(
 
 
 def _read_philly_windows(
-    rows: Iterator[dict[str, str]], where: str, defaults: TraceDefaults, header: int
+    rows: csv.DictReader[str], where: str, defaults: TraceDefaults, header: int
 ) -> list[TraceSeries]:
     times = _Times(where)
     groups: dict[tuple[str, str], tuple[datetime, bool, _GpuReadings]] = {}
-    for line, row in enumerate(rows, start=2):
+    for line, row in _numbered(rows):
         _fields(row, header, where, line)  # type: ignore[arg-type]
         key = (row["job_id"], row["machine_id"])
         start = times.parse(row.get("window_start_local") or "", line)
@@ -360,6 +373,13 @@ def _read_philly_windows(
         instance = _instance(f"{job_id}/{machine}", start, len(util), defaults)
         result.append(series_from_points(instance, util, job_running=running))
     return result
+
+
+def _numbered(reader: csv.DictReader[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    """Each row with its line in the file as an editor counts it: the csv reader's own count,
+    which a quoted cell spanning lines advances (a count of records would fall behind)."""
+    for row in reader:
+        yield reader.line_num, row
 
 
 def _missing(header: Sequence[str], needed: Sequence[str]) -> list[str]:

@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import structlog
@@ -253,7 +253,7 @@ def to_instance(
 ) -> GpuInstance:
     """The instance as guardian sees it; a spot one is taken as one-time until its request's
     type is known (``discover_region`` looks the requests up for the whole region at once)."""
-    tags = {tag["Key"]: tag["Value"] for tag in raw.get("Tags", []) if "Key" in tag}
+    tags = {tag["Key"]: tag.get("Value", "") for tag in raw.get("Tags", []) if "Key" in tag}
     spot = raw.get("InstanceLifecycle") == "spot"
     return GpuInstance(
         provider="aws",
@@ -276,6 +276,33 @@ def to_instance(
         managed_by=aws_managed_by(tags),
         reservation=_reservation(raw),
     )
+
+
+# Every InstanceLifecycle EC2 documents (absent = on-demand). Another is a kind of capacity
+# guardian does not know how a stop would treat: the instance is skipped, not guessed at.
+_KNOWN_LIFECYCLES = frozenset({"spot", "scheduled", "capacity-block"})
+
+
+def unusable_reason(raw: InstanceTypeDef) -> str | None:
+    """Why an instance in a DescribeInstances answer cannot be judged (None: it can).
+
+    The filter asked for running instances, but a malformed or surprising answer must not make
+    guardian judge, or stop, a machine it cannot describe: without its type there are no GPUs
+    and no price, without its launch time no uptime, and only a running machine is stopped.
+    """
+    if not raw.get("InstanceId"):
+        return "no InstanceId"
+    if not raw.get("InstanceType"):
+        return "no InstanceType"
+    state = raw.get("State", {}).get("Name")
+    if state != "running":
+        return f"state {state!r}, not running" if state else "no State"
+    if not isinstance(raw.get("LaunchTime"), datetime):
+        return "no LaunchTime"
+    lifecycle = raw.get("InstanceLifecycle")
+    if lifecycle is not None and lifecycle not in _KNOWN_LIFECYCLES:
+        return f"unknown InstanceLifecycle {lifecycle!r}"
+    return None
 
 
 def _page_instances(page: DescribeInstancesResultTypeDef) -> Iterator[InstanceTypeDef]:
@@ -310,6 +337,16 @@ def discover_region(
         )
         for page in pages:
             for raw in _page_instances(page):
+                why = unusable_reason(raw)
+                if why is not None:
+                    log.warning(
+                        "aws_instance_skipped",
+                        account=account,
+                        region=region,
+                        instance_id=raw.get("InstanceId", ""),
+                        reason=why,
+                    )
+                    continue
                 gpu = gpu_types.get(raw["InstanceType"])
                 if gpu is None:  # cannot happen with an exact filter; a looser API must not fool us
                     continue
