@@ -258,3 +258,26 @@ def test_types_are_priced_as_google_bills_them_and_unknown_parts_stay_unknown() 
     assert priced["a2-highgpu-1g"].hourly_usd == pytest.approx(3.673385)
     assert priced["n1-standard-8"].hourly_usd == pytest.approx(0.379998)
     assert price_types(shapes, rates, "europe-west4") == {}
+
+
+@pytest.mark.parametrize(
+    ("fields", "reason"),
+    [
+        ({"creation_timestamp": ""}, "no lastStartTimestamp or creationTimestamp"),
+        ({"creation_timestamp": "not a time"}, "no lastStartTimestamp or creationTimestamp"),
+        ({"status": "STOPPING"}, "status 'STOPPING', not RUNNING"),
+        ({"status": "SUSPENDED"}, "status 'SUSPENDED', not RUNNING"),
+    ],
+)
+def test_a_gpu_vm_that_cannot_be_judged_is_skipped_with_its_reason(
+    fields: dict[str, object], reason: str
+) -> None:
+    """Without a start time it would pass min_uptime as if up since 1970; not running, it could
+    be sent a stop."""
+    from structlog.testing import capture_logs
+
+    t4 = {"n1-standard-4": AcceleratorSpec("nvidia-tesla-t4", 1)}
+    assert parse_instance(_instance(status="RUNNING"), "p", t4, OWNER_TAGS) is not None
+    with capture_logs() as logs:
+        assert parse_instance(_instance(**fields), "p", t4, OWNER_TAGS) is None
+    assert [(e["event"], e["reason"]) for e in logs] == [("gcp_instance_skipped", reason)]

@@ -228,6 +228,17 @@ def _reservation(raw: Any) -> str | None:
     return names[0] if names else "a specific reservation"
 
 
+def _unusable_reason(raw: Any, started: datetime | None) -> str | None:
+    """Why a listed GPU VM cannot be judged (None: it can). The listing asks for RUNNING VMs
+    only, but a malformed or surprising answer must not be judged, or stopped, as one."""
+    status = str(getattr(raw, "status", "") or "")
+    if status and status != "RUNNING":
+        return f"status {status!r}, not RUNNING"
+    if started is None:
+        return "no lastStartTimestamp or creationTimestamp"
+    return None
+
+
 def parse_instance(
     raw: Any,
     project: str,
@@ -251,6 +262,13 @@ def parse_instance(
     # Uptime is what the idle rules need: a VM stopped and started again is new since its last
     # start, not since its creation.
     started = _parse_time(raw.last_start_timestamp) or _parse_time(raw.creation_timestamp)
+    unusable = _unusable_reason(raw, started)
+    if unusable is not None:
+        # Judged anyway, a VM without a start time would pass min_uptime as if up since 1970,
+        # and one that is not running could be sent a stop: skipped, and said why.
+        log.warning("gcp_instance_skipped", project=project, name=raw.name, reason=unusable)
+        return None
+    assert started is not None
     return GpuInstance(
         provider="gcp",
         account=project,
@@ -258,7 +276,7 @@ def parse_instance(
         zone=zone,
         instance_id=str(raw.id),
         instance_type=machine_type,
-        launch_time=started or datetime.fromtimestamp(0, UTC),
+        launch_time=started,
         gpu_count=spec.count,
         gpu_model=spec.model or None,
         name=raw.name,
