@@ -135,7 +135,10 @@ class Keys:
     secret_access_key: str
 
     def env(self) -> dict[str, str]:
-        return {"AWS_ACCESS_KEY_ID": self.access_key_id, "AWS_SECRET_ACCESS_KEY": self.secret_access_key}
+        return {
+            "AWS_ACCESS_KEY_ID": self.access_key_id,
+            "AWS_SECRET_ACCESS_KEY": self.secret_access_key,
+        }
 
     def client(self, endpoint_url: str, service: str, region: str = "us-east-1") -> Any:
         import boto3
