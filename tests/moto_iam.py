@@ -28,8 +28,10 @@ show what guardian never asked.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -48,32 +50,69 @@ ADMIN_POLICY = {
 # create_user, put_user_policy, create_access_key: the administrator, made before IAM is on.
 UNAUTHENTICATED_CALLS = 3
 _TAG_KEY = "aws:ResourceTag/"
+_VARIABLE = re.compile(r"\$\{([^}]+)\}")
+# The IAM user tag that stands for "these are an instance role's credentials, on this instance".
+SOURCE_INSTANCE_TAG = "SourceInstanceARN"
 
 
 def _first(value: Any) -> str:
     return str(value[0] if isinstance(value, list) else value)
 
 
-def _tag_condition_holds(operator: str, key: str, expected: Any, tags: Mapping[str, str]) -> bool:
-    """One condition on ``aws:ResourceTag/<tag>``, as AWS evaluates it."""
-    tag = key.removeprefix(_TAG_KEY)
+def _resolve(value: str, context: Mapping[str, str]) -> str | None:
+    """``value`` with its policy variables (``${ec2:SourceInstanceARN}``) filled in from the
+    request's context; None when one is not in it (AWS: such a value matches nothing)."""
+    missing = False
+
+    def fill(match: re.Match[str]) -> str:
+        nonlocal missing
+        known = context.get(match.group(1))
+        missing = missing or known is None
+        return known or ""
+
+    filled = _VARIABLE.sub(fill, value)
+    return None if missing else filled
+
+
+def _condition_holds(operator: str, key: str, expected: Any, context: Mapping[str, str]) -> bool:
+    """One condition on a key of ``context``, as AWS evaluates it (a key absent from the
+    context is an absent key: ``Null`` true, ``StringEquals`` false, a negated operator true)."""
     values = [expected] if isinstance(expected, str) else list(expected)
+    wanted = [v for v in (_resolve(str(value), context) for value in values) if v is not None]
+    actual = context.get(key)
     if operator == "Null":
-        return (tag not in tags) == (values[0].lower() == "true")
+        return (actual is None) == (str(values[0]).lower() == "true")
     if operator == "StringEquals":
-        return tag in tags and tags[tag] in values
+        return actual is not None and actual in wanted
     if operator == "StringNotEqualsIgnoreCase":
-        return tags.get(tag, "").lower() not in {v.lower() for v in values}
+        return (actual or "").lower() not in {v.lower() for v in wanted}
     raise NotImplementedError(f"condition {operator} on {key} is not modelled here")
 
 
-def _applies(statement: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
-    """Whether the statement's conditions on resource tags hold (others: left to moto)."""
+def _evaluated_here(key: str) -> bool:
+    return key.startswith(_TAG_KEY) or key == "aws:ARN"
+
+
+def _applies(statement: Mapping[str, Any], context: Mapping[str, str]) -> bool:
+    """Whether the statement's conditions on the keys modelled here hold (others: left to moto)."""
     for operator, checks in (statement.get("Condition") or {}).items():
         for key, expected in checks.items():
-            if key.startswith(_TAG_KEY) and not _tag_condition_holds(operator, key, expected, tags):
+            if _evaluated_here(key) and not _condition_holds(operator, key, expected, context):
                 return False
     return True
+
+
+def stop_context(
+    arn: str, tags: Mapping[str, str], source_instance_arn: str | None
+) -> dict[str, str]:
+    """The condition keys of one instance's StopInstances: its ARN (``aws:ARN``), its tags
+    (``aws:ResourceTag/<key>``) and, for credentials an instance role delivered, that instance's
+    ARN (``ec2:SourceInstanceARN``; a test user carries it as its ``SOURCE_INSTANCE_TAG``)."""
+    context = {f"{_TAG_KEY}{key}": value for key, value in tags.items()}
+    context["aws:ARN"] = arn
+    if source_instance_arn is not None:
+        context["ec2:SourceInstanceARN"] = source_instance_arn
+    return context
 
 
 def _authorize_stops_per_instance(stop_log: Path) -> None:
@@ -83,8 +122,13 @@ def _authorize_stops_per_instance(stop_log: Path) -> None:
     check_action = access_control.IAMRequest.check_action_permitted
     lock = threading.Lock()
 
-    def permitted(request: Any, arn: str, tags: Mapping[str, str]) -> bool:
-        # A statement whose tag condition fails does not apply (moto would call it a Deny, even
+    def source_instance_arn(request: Any) -> str | None:
+        key = request._access_key
+        tags = key.backend.list_user_tags(key._owner_user_name)
+        return next((t["Value"] for t in tags if t["Key"] == SOURCE_INSTANCE_TAG), None)
+
+    def permitted(request: Any, arn: str, context: Mapping[str, str]) -> bool:
+        # A statement whose condition fails does not apply (moto would call it a Deny, even
         # for an Allow); moto then matches what is left on Action, Resource and Effect.
         result = access_control.PermissionResult
         allowed = False
@@ -92,8 +136,8 @@ def _authorize_stops_per_instance(stop_log: Path) -> None:
             document = access_control.IAMPolicy(policy)._policy_json
             statements = document["Statement"]
             statements = [statements] if isinstance(statements, dict) else statements
-            # moto takes the tag conditions of the statements kept to hold: they did.
-            kept = [s for s in statements if _applies(s, tags)]
+            # moto takes the conditions of the statements kept to hold: they did.
+            kept = [s for s in statements if _applies(s, context)]
             answer = access_control.IAMPolicy(
                 json.dumps({**document, "Statement": kept})
             ).is_action_permitted(request._action, arn)
@@ -114,8 +158,8 @@ def _authorize_stops_per_instance(stop_log: Path) -> None:
         for instance_id in ids:
             instance = backend.get_instance(instance_id)
             tags = {t["key"]: t["value"] for t in instance.get_tags()}
-            arn = f"arn:aws:ec2:{self._region}:{self.account_id}:instance/{instance_id}"
-            ok = permitted(self, arn, tags)
+            arn = instance_arn(self._region, instance_id)
+            ok = permitted(self, arn, stop_context(arn, tags, source_instance_arn(self)))
             user = self._access_key.arn.rsplit("/", 1)[-1]
             with lock, stop_log.open("a") as log:
                 log.write(f"{user} {instance_id} {'allowed' if ok else 'denied'}\n")
@@ -141,19 +185,25 @@ class Keys:
         }
 
     def client(self, endpoint_url: str, service: str, region: str = "us-east-1") -> Any:
-        import boto3
-        from botocore.config import Config
+        """A client with these keys (made once: a boto3 client costs ~0.1 s to build)."""
+        return _client(self, endpoint_url, service, region)
 
-        return boto3.client(
-            service,  # type: ignore[call-overload]
-            region_name=region,
-            # moto checks the signature over the body as it stores it, uncompressed: a gzipped
-            # PutMetricData (botocore compresses those over 10 KiB) would never match.
-            config=Config(disable_request_compression=True),
-            endpoint_url=endpoint_url,
-            aws_access_key_id=self.access_key_id,
-            aws_secret_access_key=self.secret_access_key,
-        )
+
+@functools.cache
+def _client(keys: Keys, endpoint_url: str, service: str, region: str) -> Any:
+    import boto3
+    from botocore.config import Config
+
+    return boto3.client(
+        service,  # type: ignore[call-overload]
+        region_name=region,
+        # moto checks the signature over the body as it stores it, uncompressed: a gzipped
+        # PutMetricData (botocore compresses those over 10 KiB) would never match.
+        config=Config(disable_request_compression=True),
+        endpoint_url=endpoint_url,
+        aws_access_key_id=keys.access_key_id,
+        aws_secret_access_key=keys.secret_access_key,
+    )
 
 
 @dataclass
@@ -166,9 +216,16 @@ class IamMoto:
         """A client with the administrator's keys, for seeding and reading back."""
         return self.admin.client(self.endpoint_url, service, region)
 
-    def user(self, name: str, policy: Mapping[str, Any]) -> Keys:
-        """A user whose only permissions are ``policy`` (an inline policy, as a role's would be)."""
-        return _make_user(self.client("iam"), name, policy)
+    def user(self, name: str, policy: Mapping[str, Any], *, on_instance: str | None = None) -> Keys:
+        """A user whose only permissions are ``policy`` (an inline policy, as a role's would be);
+        ``on_instance`` (an instance ARN): its keys stand for the instance role's on that
+        instance, whose ARN is then the ``ec2:SourceInstanceARN`` of their StopInstances."""
+        keys = _make_user(self.client("iam"), name, policy)
+        if on_instance is not None:
+            self.client("iam").tag_user(
+                UserName=name, Tags=[{"Key": SOURCE_INSTANCE_TAG, "Value": on_instance}]
+            )
+        return keys
 
     def stops_asked(self) -> list[tuple[str, str, str]]:
         """Every StopInstances the server was asked for: (user, instance id, allowed|denied)."""
@@ -176,6 +233,10 @@ class IamMoto:
             return []
         lines = self.stop_log.read_text().splitlines()
         return [(u, i, d) for u, i, d in (line.split() for line in lines)]
+
+
+def instance_arn(region: str, instance_id: str) -> str:
+    return f"arn:aws:ec2:{region}:{ACCOUNT}:instance/{instance_id}"
 
 
 def _make_user(iam: Any, name: str, policy: Mapping[str, Any]) -> Keys:

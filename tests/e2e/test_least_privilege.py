@@ -8,11 +8,14 @@ enforces IAM (``tests/moto_iam.py``), as users whose only permissions are a ship
 - With one Deny statement dropped, the instance that statement protects can be stopped with
   the policy's keys; with the whole file IAM refuses it, and guardian never asks.
 
+- The agent's keys stop its own instance only: ``aws:ARN`` = ``${ec2:SourceInstanceARN}``.
+
 What moto cannot evaluate, and so is not proven here: ``PriceRefreshOnly`` (moto has no Pricing
-API; ``tests/unit/test_price_refresh.py`` proves the message names ``pricing:GetProducts``),
-and the agent's ``aws:ARN`` = ``${ec2:SourceInstanceARN}`` condition (a test user is not an
-instance role; moto takes the condition to hold). The tag conditions of ``ec2:StopInstances``
-are evaluated by the server's extension, not by moto itself: see ``tests/moto_iam.py``.
+API; ``tests/unit/test_price_refresh.py`` proves the message names ``pricing:GetProducts``) and
+the scoping of ``autoscaling:EnterStandby`` (moto checks every Auto Scaling call on ``"*"``).
+The conditions of ``ec2:StopInstances`` are evaluated by the server's extension, not by moto
+itself, and a test user stands for an instance role by an IAM tag naming its instance: see
+``tests/moto_iam.py``.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from typing import Any
 
 import pytest
 import yaml
+from structlog.testing import capture_logs
 
 from guardian.simulated.aws import (
     backdate_launch,
@@ -38,13 +43,15 @@ from guardian.simulated.aws import (
     launch_gpu_instances,
     put_gpu_metrics,
 )
-from tests.moto_iam import IamMoto, Keys, iam_moto_server
+from tests.moto_iam import IamMoto, Keys, iam_moto_server, instance_arn
 
 REPO = Path(__file__).resolve().parents[2]
 BASE = REPO / "docs" / "iam-policy.json"
 STANDBY = REPO / "docs" / "iam-policy-standby.json"
 AGENT = REPO / "docs" / "iam-policy-agent.json"
 GPU_TYPE = "g5g.xlarge"  # moto describes it without instance store: no local-disk gate
+# The agents' machines: a region the daemon (us-east-1 only) never looks at.
+AGENT_REGION, AGENT_ZONE = "us-west-2", "us-west-2a"
 OWNER_TAGS = {
     "NeverStopAutoScalingGroupMembers": "aws:autoscaling:groupName",
     "NeverStopEksNodeGroupNodes": "eks:nodegroup-name",
@@ -86,30 +93,42 @@ class World:
     now: datetime
     users: dict[str, Keys] = field(default_factory=dict)
 
-    def user(self, path: Path, drop: str | None = None) -> Keys:
-        """A user carrying exactly ``path``'s policy, less the statement ``drop``."""
-        name = f"{path.stem}-{drop or 'full'}"
-        if name not in self.users:
+    def user(self, path: Path, drop: str | None = None, *, on_instance: str | None = None) -> Keys:
+        """A user carrying exactly ``path``'s policy, less the statement ``drop``; with
+        ``on_instance`` (an ARN), the role of that instance (see ``IamMoto.user``)."""
+        key = f"{path.stem}-{drop or 'full'}-{on_instance}"
+        if key not in self.users:
             document = policy(path)
-            self.users[name] = self.moto.user(name, without(document, drop) if drop else document)
-        return self.users[name]
+            self.users[key] = self.moto.user(
+                f"u{len(self.users)}-{drop or 'full'}",
+                without(document, drop) if drop else document,
+                on_instance=on_instance,
+            )
+        return self.users[key]
 
-    def restart(self, instance_id: str) -> None:
+    def restart(self, instance_id: str, region: str = "us-east-1") -> None:
         """Back to running and up three hours, as before a stop."""
-        ec2 = self.moto.client("ec2")
+        ec2 = self.moto.client("ec2", region)
         ec2.start_instances(InstanceIds=[instance_id])
         backdate_launch(ec2, [instance_id], self.now - timedelta(hours=3))
 
-    def state(self, instance_id: str) -> str:
-        answer = self.moto.client("ec2").describe_instances(InstanceIds=[instance_id])
+    def state(self, instance_id: str, region: str = "us-east-1") -> str:
+        answer = self.moto.client("ec2", region).describe_instances(InstanceIds=[instance_id])
         return str(answer["Reservations"][0]["Instances"][0]["State"]["Name"])
 
 
 @contextlib.contextmanager
-def aws_env(moto: IamMoto, keys: Keys) -> Iterator[None]:
-    """The process's environment as a user of these keys would have it, restored after."""
+def aws_env(moto: IamMoto, keys: Keys, **extra: str) -> Iterator[None]:
+    """The process's environment as a user of these keys would have it, restored after.
+
+    boto3's default session (``boto3.client``: the agent's CloudWatch client) keeps the first
+    credentials it resolved, for the life of the process: it is dropped on the way in and out.
+    """
+    import boto3
+
     saved = dict(os.environ)
-    for name in [n for n in os.environ if n.startswith(("AWS_", "GUARDIAN_CONFIG"))]:
+    boto3.DEFAULT_SESSION = None
+    for name in [n for n in os.environ if n.startswith(("AWS_", "GUARDIAN_"))]:
         del os.environ[name]
     os.environ.update(
         {
@@ -120,6 +139,7 @@ def aws_env(moto: IamMoto, keys: Keys) -> Iterator[None]:
             "AWS_EC2_METADATA_DISABLED": "true",
             "AWS_DISABLE_REQUEST_COMPRESSION": "true",  # see Keys.client
             **keys.env(),
+            **extra,
         }
     )
     try:
@@ -127,6 +147,7 @@ def aws_env(moto: IamMoto, keys: Keys) -> Iterator[None]:
     finally:
         os.environ.clear()
         os.environ.update(saved)
+        boto3.DEFAULT_SESSION = None
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,7 @@ class Outcome:
     code: int
     stdout: str
     stderr: str
+    stops_asked: list[str]  # the instances it asked IAM to stop
 
 
 def guardian(moto: IamMoto, keys: Keys, *args: str) -> Outcome:
@@ -144,6 +166,7 @@ def guardian(moto: IamMoto, keys: Keys, *args: str) -> Outcome:
     code = 0
     argv = sys.argv
     sys.argv = ["guardian", *args]
+    before = len(moto.stops_asked())
     try:
         with aws_env(moto, keys), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
             main()
@@ -151,7 +174,8 @@ def guardian(moto: IamMoto, keys: Keys, *args: str) -> Outcome:
         code = int(exc.code or 0)
     finally:
         sys.argv = argv
-    return Outcome(code, out.getvalue(), err.getvalue())
+    asked = [i for u, i, _ in moto.stops_asked()[before:] if u == keys.user]
+    return Outcome(code, out.getvalue(), err.getvalue(), asked)
 
 
 def write_config(directory: Path, **overrides: Any) -> Path:
@@ -208,11 +232,23 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         yield World(moto, idle, protected, owned, workdir, now)
 
 
-def warn_then_stop(world: World, keys: Keys, name: str) -> list[Outcome]:
-    """Two ``guardian run --once`` in enforce mode with no grace: the first warns, the second
-    stops (each on its own state dir, so each user starts from scratch)."""
-    config = write_config(world.workdir / name)
-    return [guardian(world.moto, keys, "run", "--once", "--config", str(config)) for _ in "12"]
+@pytest.fixture(scope="module")
+def warned(world: World) -> tuple[Path, Outcome]:
+    """A state directory in which the daemon, as a user of the whole ``docs/iam-policy.json``,
+    has warned about the idle instance (grace 0s: its next cycle stops it), and that cycle."""
+    directory = world.workdir / "warned"
+    config = write_config(directory)
+    return directory, guardian(
+        world.moto, world.user(BASE), "run", "--once", "--config", str(config)
+    )
+
+
+def stop_cycle(world: World, warned: tuple[Path, Outcome], keys: Keys, name: str) -> Outcome:
+    """One ``guardian run --once`` as ``keys``, from (a copy of) the warned state."""
+    directory = world.workdir / name
+    shutil.copytree(warned[0], directory)
+    config = write_config(directory)
+    return guardian(world.moto, keys, "run", "--once", "--config", str(config))
 
 
 def lines_naming(outcomes: list[Outcome], permissions: list[str]) -> list[str]:
@@ -233,22 +269,27 @@ def test_the_audit_works_with_the_shipped_policy(world: World) -> None:
     assert findings[world.protected]["verdict"] == "protected"
     assert {findings[i]["verdict"] for i in world.owned.values()} == {"idle"}
     assert "AccessDenied" not in outcome.stderr
+    assert outcome.stops_asked == []
 
 
-@pytest.mark.parametrize("path", [BASE, STANDBY], ids=["base", "standby"])
-def test_the_daemon_warns_then_stops_with_the_shipped_policy(world: World, path: Path) -> None:
-    keys = world.user(path)
-    outcomes = warn_then_stop(world, keys, f"run-{path.stem}")
+def test_the_daemon_warns_then_stops_with_the_shipped_policy(
+    world: World, warned: tuple[Path, Outcome]
+) -> None:
+    """``docs/iam-policy-standby.json`` allows all this too: its Allow statements are this
+    file's plus EnterStandby (the last test), and its Deny statements name owner tags only."""
+    keys = world.user(BASE)
+    warning = warned[1]
+    stop = stop_cycle(world, warned, keys, "run-full")
     try:
-        assert [o.code for o in outcomes] == [0, 0], outcomes[-1].stderr
-        assert "1 warned, 0 stopped" in outcomes[0].stderr
-        assert "0 warned, 1 stopped" in outcomes[1].stderr
+        assert [warning.code, stop.code] == [0, 0], warning.stderr + stop.stderr
+        assert "1 warned, 0 stopped" in warning.stderr
+        assert "0 warned, 1 stopped" in stop.stderr
         assert world.state(world.idle) in ("stopping", "stopped")
-        # guardian asked IAM to stop the idle instance, and nothing else.
-        assert [(i, d) for u, i, d in world.moto.stops_asked() if u == keys.user] == [
-            (world.idle, "allowed")
-        ]
-        assert "AccessDenied" not in "".join(o.stderr for o in outcomes)
+        # guardian asked IAM to stop the idle instance, and nothing else (not the protected
+        # one, none of those a controller owns, all as idle): IAM never had to refuse it.
+        assert warning.stops_asked == []
+        assert stop.stops_asked == [world.idle]
+        assert "AccessDenied" not in warning.stderr + stop.stderr
     finally:
         world.restart(world.idle)
 
@@ -257,35 +298,54 @@ def test_the_daemon_warns_then_stops_with_the_shipped_policy(world: World, path:
 
 
 @pytest.mark.parametrize(
-    ("path", "sid"),
+    "sid",
     # The standby file's Allow statements are the base file's, word for word (checked below),
     # plus EnterStandby, which moto cannot scope (it checks every Auto Scaling call on "*").
-    [(BASE, sid) for sid in statements(BASE, "Allow") if sid not in NOT_IN_MOTO],
-    ids=lambda v: v.stem if isinstance(v, Path) else v,
+    [sid for sid in statements(BASE, "Allow") if sid not in NOT_IN_MOTO],
 )
 def test_without_an_allow_statement_guardian_names_the_permission(
-    world: World, path: Path, sid: str
+    world: World, warned: tuple[Path, Outcome], sid: str
 ) -> None:
-    keys = world.user(path, drop=sid)
-    [statement] = [s for s in policy(path)["Statement"] if s["Sid"] == sid]
-    outcomes = warn_then_stop(world, keys, f"drop-{path.stem}-{sid}")
+    keys = world.user(BASE, drop=sid)
+    [statement] = [s for s in policy(BASE)["Statement"] if s["Sid"] == sid]
+    if sid == "EnforceModeReadStopProtectionAndGroupCapacity":
+        # What it allows is read before a warning: the warning cycle, from scratch.
+        config = write_config(world.workdir / f"drop-{sid}")
+        outcome = guardian(world.moto, keys, "run", "--once", "--config", str(config))
+    else:
+        outcome = stop_cycle(world, warned, keys, f"drop-{sid}")
     try:
-        named = lines_naming(outcomes, actions(statement))
-        assert named, "\n".join(o.stderr for o in outcomes)
+        named = lines_naming([outcome], actions(statement))
+        assert named, outcome.stderr
         assert all("AccessDenied" in line for line in named)
+        assert all("<" not in line for line in named)  # no raw XML error body
         if sid == "EnforceModeReadStopProtectionAndGroupCapacity":
             # By design (guardian/daemon/enforce.py): stop protection it cannot read is a
             # warning, not a gate, because EC2 itself refuses to stop a DisableApiStop instance.
             assert any("aws_stop_protection_unread" in line for line in named)
+            assert "1 warned" in outcome.stderr
         else:
             # ...and the permission it lacks never turned into a stop.
             assert world.state(world.idle) == "running"
+        expected = [world.idle] if sid == "EnforceModeOnlyStopUnprotectedInstances" else []
+        assert outcome.stops_asked == expected
     finally:
         if world.state(world.idle) != "running":
             world.restart(world.idle)
 
 
 # -- the Deny statements ---------------------------------------------------------------------
+
+
+def dry_run_stop(keys: Keys, world: World, instance_id: str, region: str = "us-east-1") -> str:
+    """The error code of a ``DryRun`` StopInstances as ``keys``: ``DryRunOperation`` when IAM
+    allows it (moto checks IAM first), ``AccessDenied`` when not. Nothing is stopped."""
+    from botocore.exceptions import ClientError
+
+    ec2 = keys.client(world.moto.endpoint_url, "ec2", region)
+    with pytest.raises(ClientError) as raised:
+        ec2.stop_instances(InstanceIds=[instance_id], DryRun=True)
+    return str(raised.value.response["Error"]["Code"])
 
 
 @pytest.mark.parametrize(
@@ -302,38 +362,32 @@ def test_a_deny_statement_alone_refuses_the_stop_of_what_a_controller_owns(
     world: World, path: Path, sid: str
 ) -> None:
     """With the whole policy IAM refuses to stop the instance carrying the statement's tag;
-    without that one statement the same keys stop it: each Deny holds, and holds on its own."""
-    from botocore.exceptions import ClientError
-
+    without that one statement the same keys may: each Deny holds, and holds on its own."""
     instance_id = world.owned[sid]
-    full = world.user(path).client(world.moto.endpoint_url, "ec2")
-    with pytest.raises(ClientError, match="AccessDenied"):
-        full.stop_instances(InstanceIds=[instance_id])
+    # The agent's keys are its own instance's role (it may stop no other): here, that one's.
+    on = instance_arn("us-east-1", instance_id) if path == AGENT else None
+    assert dry_run_stop(world.user(path, on_instance=on), world, instance_id) == "AccessDenied"
+    dropped = world.user(path, drop=sid, on_instance=on)
+    assert dry_run_stop(dropped, world, instance_id) == "DryRunOperation"
     assert world.state(instance_id) == "running"
-    dropped = world.user(path, drop=sid).client(world.moto.endpoint_url, "ec2")
-    try:
-        dropped.stop_instances(InstanceIds=[instance_id])
-        assert world.state(instance_id) in ("stopping", "stopped")
-    finally:
-        world.restart(instance_id)
 
 
 @pytest.mark.parametrize("path", [BASE, STANDBY, AGENT], ids=lambda p: p.stem)
-def test_the_policy_refuses_to_stop_a_protected_instance_and_guardian_never_asks(
-    world: World, path: Path
-) -> None:
+def test_the_policy_refuses_to_stop_a_protected_instance(world: World, path: Path) -> None:
+    """guardian never asks (each run above checks what it asked); IAM would refuse anyway."""
+    on = instance_arn("us-east-1", world.protected) if path == AGENT else None
+    keys = world.user(path, on_instance=on)
+    assert dry_run_stop(keys, world, world.protected) == "AccessDenied"
+    # ...while the same keys may stop an unprotected instance (their own, for the agent's):
+    # the refusal is the protect tag's.
+    on_idle = instance_arn("us-east-1", world.idle) if path == AGENT else None
+    assert dry_run_stop(world.user(path, on_instance=on_idle), world, world.idle) == (
+        "DryRunOperation"
+    )
     from botocore.exceptions import ClientError
 
-    ec2 = world.user(path).client(world.moto.endpoint_url, "ec2")
     with pytest.raises(ClientError, match="AccessDenied"):
-        ec2.stop_instances(InstanceIds=[world.protected])
-    with pytest.raises(ClientError, match="AccessDenied"):
-        ec2.terminate_instances(InstanceIds=[world.idle])
-    # Every daemon run of this module (they run first: pytest keeps the file's order) asked
-    # IAM to stop the idle instance only; the direct calls above were made as "-full" users.
-    asked_by_guardian = {i for u, i, _ in world.moto.stops_asked() if not u.endswith("-full")}
-    asked_by_guardian -= set(world.owned.values())  # the Deny test's own direct calls
-    assert asked_by_guardian <= {world.idle}
+        keys.client(world.moto.endpoint_url, "ec2").terminate_instances(InstanceIds=[world.idle])
 
 
 def test_the_standby_file_allows_what_the_base_file_allows_plus_standby() -> None:
@@ -341,3 +395,137 @@ def test_the_standby_file_allows_what_the_base_file_allows_plus_standby() -> Non
     standby = {s["Sid"]: s for s in policy(STANDBY)["Statement"] if s["Effect"] == "Allow"}
     assert {sid: standby[sid] for sid in base} == base
     assert set(standby) - set(base) == {"StandbyModeOnlyPlainAutoScalingGroups"}
+    # Its Deny statements refuse only what carries an owner's tag: the plain idle instance of
+    # the daemon's run above is stopped the same with either file.
+    for statement in policy(STANDBY)["Statement"]:
+        if statement["Effect"] == "Deny":
+            assert set(statement["Condition"]) == {"Null"}
+            assert all(k.startswith("aws:ResourceTag/") for k in statement["Condition"]["Null"])
+
+
+# -- the agent: publish and autostop, as its own instance's role ---------------------------------
+
+
+@dataclass(frozen=True)
+class AgentRun:
+    instance_id: str
+    stopped: bool  # what autostop reported
+    events: list[dict[str, Any]]  # what it logged (structlog's event dicts)
+    published: bool  # its GPU metrics reached CloudWatch
+    stops_asked: list[str]
+
+
+def run_agent(world: World, drop: str | None = None, *, polls: int = 16) -> AgentRun:
+    """``guardian agent`` (build_agent, the fake NVML backend ``fake:idle``) on an instance of
+    its own in ``AGENT_REGION``, with that instance's role carrying ``docs/iam-policy-agent.json``
+    less ``drop``: it publishes every minute and stops the machine 1 min after warning."""
+    from guardian.agent.gpu.fake import ManualClock
+    from guardian.agent.status import RunDir
+    from guardian.commands.agent import build_agent
+    from guardian.config import parse_config
+    from tests.fakes.local_disks import FakeBlockTree
+    from tests.integration.test_agent_cloud import DOCUMENT, FakeImds
+
+    ec2 = world.moto.client("ec2", AGENT_REGION)
+    [instance_id] = launch_gpu_instances(ec2, GPU_TYPE, tags={"Name": "agent"}, zone=AGENT_ZONE)
+    keys = world.user(AGENT, drop, on_instance=instance_arn(AGENT_REGION, instance_id))
+    imds = FakeImds(
+        {
+            **DOCUMENT,
+            "instanceId": instance_id,
+            "region": AGENT_REGION,
+            "availabilityZone": AGENT_ZONE,
+        },
+        None,
+        "on-demand",
+    )
+    directory = world.workdir / f"agent-{instance_id}"
+    config = parse_config(
+        {
+            "agent": {"interval": "30s", "listen": "", "autostop": True, "publish": "cloudwatch"},
+            "idle": {"window_released": "5m", "grace": "1m"},
+        }
+    )
+    clock = ManualClock(world.now - timedelta(minutes=30))
+    before = len(world.moto.stops_asked())
+    stopped = False
+    try:
+        with aws_env(world.moto, keys, GUARDIAN_IMDS_ENDPOINT=imds.url), capture_logs() as events:
+            agent, providers = build_agent(
+                config,
+                backend="fake:idle",
+                run_dir=RunDir(directory / "run"),
+                clock=clock,
+                wall=(),
+                launch_time=clock.now() - timedelta(hours=1),
+                local_disks=FakeBlockTree(directory / "machine").probe(),
+            )
+            try:
+                for _ in range(polls):
+                    result = agent.poll()
+                    clock.advance(30)
+                    if result.autostop is not None and result.autostop.stopped:
+                        stopped = True
+                        break
+            finally:
+                agent.close()
+                for provider in providers:
+                    provider.close()
+    finally:
+        imds.close()
+    listed = world.moto.client("cloudwatch", AGENT_REGION).list_metrics(
+        Namespace="CWAgent", Dimensions=[{"Name": "InstanceId", "Value": instance_id}]
+    )
+    asked = [i for u, i, _ in world.moto.stops_asked()[before:] if u == keys.user]
+    return AgentRun(instance_id, stopped, events, bool(listed["Metrics"]), asked)
+
+
+def test_the_agent_publishes_and_stops_its_own_instance_with_the_shipped_policy(
+    world: World,
+) -> None:
+    run = run_agent(world)
+    assert run.published
+    assert run.stopped
+    assert world.state(run.instance_id, AGENT_REGION) in ("stopping", "stopped")
+    assert run.stops_asked == [run.instance_id]
+    failures = [e for e in run.events if e["log_level"] in ("warning", "error")]
+    assert {e["event"] for e in failures} == {"autostop_warned", "instance_stopped"}, failures
+
+
+AGENT_EXPECTED = {
+    # Sid -> (the event that says so, what the instance is left as)
+    "PublishGpuMetrics": ("publish_failed", "stopped"),  # metrics are not needed to stop
+    "ReadOwnInstance": ("instance_refresh_failed", "running"),  # never a stop on stale facts
+    "AutostopOnlyThisInstanceUnlessProtected": ("autostop_failed", "running"),
+}
+
+
+@pytest.mark.parametrize("sid", statements(AGENT, "Allow"))
+def test_without_an_allow_statement_the_agent_names_the_permission(world: World, sid: str) -> None:
+    event, left = AGENT_EXPECTED[sid]
+    [statement] = [s for s in policy(AGENT)["Statement"] if s["Sid"] == sid]
+    run = run_agent(world, drop=sid)
+    said = [e for e in run.events if e["event"] == event]
+    assert said, run.events
+    error = str(said[0]["error"])
+    assert any(action in error for action in actions(statement)), error
+    assert "AccessDenied" in error
+    assert "\n" not in error
+    assert "<" not in error  # no raw XML error body
+    state = world.state(run.instance_id, AGENT_REGION)
+    assert (state in ("stopping", "stopped")) == (left == "stopped"), state
+    assert run.published == (sid != "PublishGpuMetrics")
+
+
+def test_the_agent_policy_stops_its_own_instance_only(world: World) -> None:
+    """``aws:ARN`` = ``${ec2:SourceInstanceARN}``: an instance's role may stop that instance,
+    no other, and keys from no instance (no source ARN) none."""
+    ec2 = world.moto.client("ec2", AGENT_REGION)
+    mine, other = launch_gpu_instances(ec2, GPU_TYPE, count=2, zone=AGENT_ZONE)
+    keys = world.user(AGENT, on_instance=instance_arn(AGENT_REGION, mine))
+    assert dry_run_stop(keys, world, mine, AGENT_REGION) == "DryRunOperation"
+    assert dry_run_stop(keys, world, other, AGENT_REGION) == "AccessDenied"
+    assert dry_run_stop(world.user(AGENT), world, mine, AGENT_REGION) == "AccessDenied"
+    # ...and the same instance id in another region is another instance.
+    elsewhere = world.user(AGENT, on_instance=instance_arn("eu-west-1", mine))
+    assert dry_run_stop(elsewhere, world, mine, AGENT_REGION) == "AccessDenied"
