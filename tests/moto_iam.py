@@ -19,9 +19,13 @@ their Deny statements.
 ``_authorize_stops_per_instance`` closes that gap for ``ec2:StopInstances`` only, the one call
 whose statements carry ARNs and tag conditions: each instance of the call is checked on its
 own ARN, with its tags as ``aws:ResourceTag/<key>``, and the conditions on those keys are
-evaluated as AWS does (``Null``, ``StringEquals``, ``StringNotEqualsIgnoreCase``); a condition
-on any other key (the agent's ``aws:ARN`` = ``${ec2:SourceInstanceARN}``) is still taken to
-hold, as moto does. Statement matching and Deny-over-Allow stay moto's. Every StopInstances the
+evaluated as AWS does (``Null``, ``StringEquals``, ``StringNotEqualsIgnoreCase``). So is the
+agent's ``aws:ARN`` = ``${ec2:SourceInstanceARN}``: ``aws:ARN`` is the ARN of the instance being
+stopped, and a user whose IAM tags carry ``SOURCE_INSTANCE_TAG`` stands for an instance role's
+credentials on that instance (its value, an instance ARN, fills the variable; without it the
+variable is unresolved and the condition fails, as for keys used off an instance). A condition on
+any other key is still taken to hold, as moto does. Statement matching and Deny-over-Allow stay
+moto's. Every StopInstances the
 server is asked for is appended to STOP_LOG (``user instance-id allowed|denied``), so a test can
 show what guardian never asked.
 """
