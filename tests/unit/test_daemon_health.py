@@ -288,7 +288,12 @@ def test_status_line_names_what_was_not_audited_or_recorded() -> None:
 
     ref = InstanceRef("aws:1:i-1", "aws", "1", "us-west-2", "i-1")
     report = CycleReport(
-        "c", CycleResult(datetime.now(UTC), ()), EnforceSummary(), 0.1, (ref,), "full"
+        "c",
+        CycleResult(datetime.now(UTC), ()),
+        EnforceSummary(),
+        0.1,
+        not_audited=(ref,),
+        state_error="full",
     )
     assert report.status_line().endswith(
         "0 errors, 1 not audited; state database refuses writes: nothing enforced"

@@ -45,4 +45,5 @@ def test_an_unparsable_answer_is_not_quoted_in_the_error() -> None:
     )
     error = map_aws_error(raised, operation="sts:AssumeRole")
     assert "s3cr3tKey" not in str(error)
-    assert str(error).startswith("sts:AssumeRole: Unable to parse response (no element found")
+    assert str(error).startswith("sts:AssumeRole: the answer is not an AWS API response")
+    assert "Unable to parse response (no element found" in str(error)
