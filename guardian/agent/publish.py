@@ -354,7 +354,11 @@ class CloudWatchSink:
                 unsent = [datum for later in batches[n:] for datum in later]
                 self._buffer.extendleft(reversed(unsent))
                 if not self._failing:
-                    log.warning("publish_failed", sink=self.name, error=str(exc))
+                    from guardian.providers.aws.errors import map_aws_error
+
+                    # One line naming the permission (cloudwatch:PutMetricData) if IAM refused.
+                    error = map_aws_error(exc, operation="cloudwatch:PutMetricData")
+                    log.warning("publish_failed", sink=self.name, error=str(error))
                 self._failing = True
                 return
         if self._failing:

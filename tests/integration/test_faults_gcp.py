@@ -20,6 +20,9 @@ from tests.fakes.fault_proxy import Fault, FaultProxy, ScheduledFaults, grpc_fau
 from tests.fakes.gcp_compute import FakeComputeServer, FakeVm
 from tests.fakes.gcp_monitoring import FakeMonitoringServer, GpuTrace, ops_agent_series
 
+# A project that does not answer is given up in about a second, not the daemon's minute.
+SHORT = Patience(connect_s=0.5, read_s=1.0, attempts=1)
+
 LIST_SERIES = "grpc:/google.monitoring.v3.MetricService/ListTimeSeries"
 
 
@@ -68,9 +71,7 @@ def test_monitoring_down_then_one_project_unreachable_on_gcp(tmp_path: Path) -> 
     now = [start]
     daemon = Daemon(
         config,
-        providers=lambda cfg: [
-            GcpProvider(cfg, patience=Patience(connect_s=0.5, read_s=0.5, attempts=1))
-        ],
+        providers=lambda cfg: [GcpProvider(cfg, patience=SHORT)],
         clock=lambda: now[0],
     )
 

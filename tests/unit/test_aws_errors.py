@@ -156,3 +156,44 @@ def test_long_messages_are_cut() -> None:
 def test_guardian_errors_pass_through() -> None:
     original = Throttled("slow down", provider="aws")
     assert map_aws_error(original) is original
+
+
+def test_an_xml_error_body_botocore_could_not_parse_reads_like_any_access_denied() -> None:
+    # What moto (and a proxy) answer a CBOR CloudWatch client that may not ListMetrics: the XML
+    # body lands whole in the Message, under the HTTP status as the Code.
+    body = (
+        '<?xml version="1.0" encoding="utf-8"?>\n<ErrorResponse><Errors><Error>'
+        "<Code>AccessDenied</Code><Message>User: arn:aws:iam::123456789012:user/guardian is not "
+        "authorized to perform: cloudwatch:ListMetrics</Message><Type>Sender</Type></Error>"
+        "</Errors><Secret>AKIAEXAMPLE wJalrXUtnFEMI</Secret></ErrorResponse>"
+    )
+    error = map_aws_error(client_error("403", 403, body), operation="cloudwatch:ListMetrics")
+    assert isinstance(error, AuthError)
+    assert str(error) == (
+        "cloudwatch:ListMetrics: AccessDenied: User: arn:aws:iam::123456789012:user/guardian is "
+        "not authorized to perform: cloudwatch:ListMetrics "
+        "(see docs/iam-policy.json for the permissions guardian needs)"
+    )
+    # Nothing else of the body is quoted: it may carry what must not reach a log.
+    assert "<" not in str(error)
+    assert "AKIA" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "message"),
+    [
+        ("<ErrorResponse><Error><Code>Throttling</Code></Error></ErrorResponse>", Throttled, ""),
+        ("<html><body>Forbidden: token=s3cr3t</body></html>", AuthError, ""),
+        ("<Error><Message>a &amp; b</Message></Error>", AuthError, "a & b"),
+    ],
+)
+def test_an_xml_body_gives_only_its_code_and_message(
+    body: str, expected: type[ProviderError], message: str
+) -> None:
+    error = map_aws_error(client_error("403", 403, body), operation="cloudwatch:GetMetricData")
+    assert type(error) is expected
+    assert "<" not in str(error)
+    assert "s3cr3t" not in str(error)
+    assert str(error).startswith("cloudwatch:GetMetricData: ")
+    if message:
+        assert message in str(error)

@@ -8,6 +8,8 @@ time the class's MRO is walked, so an unknown subclass still lands on its neares
 
 from __future__ import annotations
 
+import html
+import re
 from collections.abc import Mapping
 
 from botocore.exceptions import ClientError
@@ -172,11 +174,35 @@ _CREDENTIAL_CLASSES = frozenset(
 )
 
 
+# An XML error body (``<ErrorResponse><Errors><Error><Code>…``) that botocore could not parse
+# for a protocol that expects CBOR or JSON (CloudWatch behind moto or a proxy): it lands whole
+# in the Message, under the HTTP status as the Code. Only these two elements are read from it.
+_XML_CODE = re.compile(r"<Code>\s*([A-Za-z0-9.:_-]{1,100})\s*</Code>")
+_XML_MESSAGE = re.compile(r"<Message>([^<]{0,2000})</Message>")
+
+
+def _error_fields(exc: ClientError) -> tuple[str | None, str]:
+    """The error's code and message, out of an unparsed XML body if that is what came back.
+
+    The rest of such a body is never quoted: like a cut-short answer (see ``map_aws_error``),
+    it may hold what must not reach a log.
+    """
+    error = (getattr(exc, "response", None) or {}).get("Error", {})
+    code = str(error.get("Code") or "") or None
+    message = str(error.get("Message") or "")
+    if not message.lstrip().startswith("<"):
+        return code, message
+    found_code, found_message = _XML_CODE.search(message), _XML_MESSAGE.search(message)
+    return (
+        found_code.group(1) if found_code else code,
+        html.unescape(found_message.group(1)) if found_message else "",
+    )
+
+
 def error_code(exc: BaseException) -> str | None:
     """The AWS error code of a ``ClientError`` (``UnauthorizedOperation``), else None."""
     if isinstance(exc, ClientError):
-        code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
-        return str(code) if code else None
+        return _error_fields(exc)[0]
     return None
 
 
@@ -234,9 +260,9 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
     where = f"{operation}: " if operation else ""
     if isinstance(exc, ClientError):
         klass = _client_error_class(exc)
-        error = (getattr(exc, "response", None) or {}).get("Error", {})
-        code = error.get("Code") or "error"
-        detail = _one_line(str(error.get("Message") or ""))
+        found, text = _error_fields(exc)
+        code = found or "error"
+        detail = _one_line(text)
         message = f"{where}{code}" + (f": {detail}" if detail else "")
         if klass is AuthError and code not in ("ExpiredToken", "ExpiredTokenException"):
             message += " (see docs/iam-policy.json for the permissions guardian needs)"
