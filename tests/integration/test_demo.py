@@ -160,7 +160,12 @@ def test_the_demo_serves_a_live_cloud_for_every_command(tmp_path: Path) -> None:
         probed, _ = finish(probe)
         assert "# aws: credentials OK" in probed
         assert "# gcp: credentials OK" in probed
-        history = json.loads(finish(start("history", "--format", "json"))[0])
+        shown_history, shown_status = (
+            start("history", "--format", "json"),
+            start("status", "--format", "json"),
+        )
+        history = json.loads(finish(shown_history)[0])
+        status = json.loads(finish(shown_status)[0])
         warned = {a["name"] for a in history["actions"] if a["action"] == "warn"}
         blocked = {a["name"] for a in history["actions"] if a["action"] == "block"}
         # A controller would replace them, or reserved capacity is paid anyway: said once,
@@ -168,7 +173,6 @@ def test_the_demo_serves_a_live_cloud_for_every_command(tmp_path: Path) -> None:
         assert blocked == {"eks-a10g-node", "reserved-g6-spare", "gpu-pool-worker", "l4-pool-7xk2"}
         idle = {name for name, verdict in VERDICTS.items() if verdict == "idle"}
         assert warned == idle - blocked
-        status = json.loads(finish(start("status", "--format", "json"))[0])
         assert status["backend"] == "sqlite"
         assert status["last_completed_cycle"] is not None
     finally:
