@@ -357,7 +357,11 @@ class CloudWatchSink:
                     from guardian.providers.aws.errors import map_aws_error
 
                     # One line naming the permission (cloudwatch:PutMetricData) if IAM refused.
-                    error = map_aws_error(exc, operation="cloudwatch:PutMetricData")
+                    error = map_aws_error(
+                        exc,
+                        operation="cloudwatch:PutMetricData",
+                        policy="docs/iam-policy-agent.json",
+                    )
                     log.warning("publish_failed", sink=self.name, error=str(error))
                 self._failing = True
                 return

@@ -256,6 +256,8 @@ def test_without_an_allow_statement_the_agent_names_the_permission(world: World,
     assert "AccessDenied" in error
     assert "\n" not in error
     assert "<" not in error  # no raw XML error body
+    if event == "publish_failed":  # the agent's own policy file, not the daemon's
+        assert "see docs/iam-policy-agent.json" in error
     state = world.state(run.instance_id, AGENT_REGION)
     assert (state in ("stopping", "stopped")) == (left == "stopped"), state
     assert run.published == (sid != "PublishGpuMetrics")

@@ -249,11 +249,14 @@ def _one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
-def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
+def map_aws_error(
+    exc: BaseException, *, operation: str = "", policy: str = "docs/iam-policy.json"
+) -> ProviderError:
     """The ``guardian.errors`` exception for a botocore exception, with a one-line message.
 
     ``operation`` is the IAM-style action (``ec2:DescribeInstances``), named in the message so a
-    denied permission can be granted without reading a traceback.
+    denied permission can be granted without reading a traceback; ``policy`` is the shipped
+    policy file that grants it (the node agent has its own).
     """
     if isinstance(exc, ProviderError):
         return exc
@@ -265,7 +268,7 @@ def map_aws_error(exc: BaseException, *, operation: str = "") -> ProviderError:
         detail = _one_line(text)
         message = f"{where}{code}" + (f": {detail}" if detail else "")
         if klass is AuthError and code not in ("ExpiredToken", "ExpiredTokenException"):
-            message += " (see docs/iam-policy.json for the permissions guardian needs)"
+            message += f" (see {policy} for the permissions guardian needs)"
         return klass(message, provider="aws", operation=operation)
     klass, name = _botocore_class(exc)
     if name in _CREDENTIAL_CLASSES:
