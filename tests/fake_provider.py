@@ -6,15 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 from guardian.errors import ProviderError
 from guardian.model import GpuInstance, GpuSample, GpuSummary, GpuUtilisation, InstanceMetric, Point
 from guardian.prices import PriceCatalog, TypePrice
 from guardian.providers import Discovery, StopResult, Unit, UnitError, UnitPlan
 from guardian.series import percentile
-
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+from tests.clock import NOW
 
 # A g5.xlarge and the CPU types that could stand in for it, at catalog prices.
 CATALOG = PriceCatalog(
@@ -27,7 +26,7 @@ CATALOG = PriceCatalog(
             }
         }
     },
-    source={"aws": "catalog 2026-11-01"},
+    source={"aws": f"catalog {(NOW - timedelta(days=25)).date()}"},
 )
 
 

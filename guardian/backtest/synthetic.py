@@ -25,7 +25,10 @@ from guardian.model import GpuInstance
 
 __all__ = ["FLEET_SIZE", "TraceRow", "training_rows", "training_series", "write_trace"]
 
-START = datetime(2026, 1, 5, tzinfo=UTC)  # any instant: a replay runs on its own clock
+# Any instant would do (a replay runs on its own clock); Monday four weeks ago at 00:00 UTC reads
+# as what it is, a recent month that has already happened, whatever the day it is generated.
+_TODAY = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+START = _TODAY - timedelta(days=_TODAY.weekday() + 28)
 # Machines in the fleet ``guardian backtest --synthetic`` and ``bench/backtest.py`` replay.
 FLEET_SIZE = 40
 STALL_MINUTES = (10, 45)  # longest stalls stay under the default 60-minute window

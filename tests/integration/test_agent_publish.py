@@ -31,6 +31,7 @@ from guardian.config import Config, parse_config
 from guardian.model import GpuInstance
 from guardian.providers.aws.provider import AwsProvider
 from guardian.simulated.gcp_grpc import FakeGrpcServer, unary
+from tests.clock import NOW
 from tests.fakes.local_disks import FakeBlockTree, Usage
 
 INSTANCE_ID = "i-0123456789abcdef0"
@@ -123,7 +124,7 @@ def _gpu(index: int, name: str | None = "NVIDIA A10G", util: float | None = 50.0
 
 
 def test_datums_follow_the_cloudwatch_agent_schema_and_skip_unknowns() -> None:
-    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    at = NOW
     datums = cloudwatch_datums(
         [_gpu(0), _gpu(1, util=None), _gpu(2, name=None)], at, INSTANCE_ID, Config()
     )
@@ -148,7 +149,7 @@ def test_datums_follow_the_cloudwatch_agent_schema_and_skip_unknowns() -> None:
 
 
 def test_batches_respect_the_datum_count_and_the_megabyte() -> None:
-    at = datetime(2026, 11, 26, 12, tzinfo=UTC)
+    at = NOW
     many = cloudwatch_datums([_gpu(i) for i in range(8)], at, INSTANCE_ID, Config()) * 80
     batches = cloudwatch_batches(many)
     assert [len(b) for b in batches] == [1000, 1000, 560]

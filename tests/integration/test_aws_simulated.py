@@ -19,9 +19,10 @@ from guardian.simulated.aws import (
     put_gpu_metrics,
     seed_fleet,
 )
+from tests.clock import at
 from tests.conftest import AwsWire, MotoServer
 
-NOW = datetime(2026, 11, 26, 12, 34, 56, tzinfo=UTC)
+NOW = at(12, 34, 56)  # off the minute: the newest datum is on it
 UTIL = "nvidia_smi_utilization_gpu"
 
 
@@ -46,7 +47,7 @@ def test_put_gpu_metrics_uses_the_agent_schema_in_calls_of_at_most_1000(
     assert [d["Name"] for d in first] == ["InstanceId", "host", "index", "name"]
     assert (first[0]["Value"], first[2]["Value"], first[3]["Value"]) == ("i-0abc", "0", "NVIDIA L4")
     assert {d["Dimensions"][2]["Value"] for d in util} == {"0", "1", "2"}
-    newest = datetime(2026, 11, 26, 12, 34, tzinfo=UTC)
+    newest = at(12, 34)
     stamps = sorted({d["Timestamp"] for d in mem})
     assert stamps[-1] == newest
     assert stamps[0] == newest - timedelta(minutes=199)

@@ -25,6 +25,7 @@ from guardian.providers import Patience
 from guardian.providers.aws.errors import map_aws_error
 from guardian.providers.gcp.provider import GcpProvider
 from guardian.simulated.aws import launch_gpu_instances
+from tests.clock import NOW
 from tests.conftest import MotoServer
 from tests.fakes.fault_proxy import (
     Fault,
@@ -147,7 +148,8 @@ def test_the_rewrite_hook_changes_forwarded_answers(proxy: FaultProxy) -> None:
 
 
 def test_operations_are_named_for_every_protocol() -> None:
-    auth = {"authorization": "AWS4-HMAC-SHA256 Credential=AK/20261201/us-east-1/{}/aws4_request"}
+    scope = f"AK/{NOW:%Y%m%d}/us-east-1/{{}}/aws4_request"  # SigV4: key, day, region, service
+    auth = {"authorization": f"AWS4-HMAC-SHA256 Credential={scope}"}
     ec2 = {"authorization": auth["authorization"].format("ec2")}
     assert operation_of("POST", "/", ec2, b"Action=StopInstances&Version=2016") == (
         "ec2:StopInstances"

@@ -4,7 +4,6 @@ fake of the Cloud Billing Catalog, through the shared ``price_refresh.refresh``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -13,9 +12,10 @@ from guardian.config import Config
 from guardian.errors import AuthError
 from guardian.prices.catalog import load_catalog, load_embedded, read_cache
 from guardian.prices.refresh_gcp import SOURCE_NAME, GcpCatalogSource, refresh_gcp
+from tests.clock import DAY, at
 from tests.fakes.gcp_billing import COMPUTE_ENGINE_SERVICE_ID, FakeBillingServer, FakeBillingState
 
-NOW = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
+NOW = at(23)  # late in the day: the source is labelled with the fetch's UTC date
 
 
 @pytest.fixture
@@ -70,7 +70,7 @@ def test_refresh_reprices_every_known_shape_from_the_skus(
         assert old is not None
         assert new is not None
         assert new.hourly_usd == pytest.approx(old.hourly_usd, abs=1e-4), name
-        assert refreshed.source_of("gcp", "us-central1", name) == f"{SOURCE_NAME} 2026-11-26"
+        assert refreshed.source_of("gcp", "us-central1", name) == f"{SOURCE_NAME} {DAY.date()}"
     accelerators = refreshed.accelerators["gcp"]["us-central1"]
     assert accelerators["nvidia-tesla-t4"] == pytest.approx(0.35)
     assert accelerators["nvidia-h100-80gb"] == pytest.approx(9.7965)

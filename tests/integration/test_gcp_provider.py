@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -23,6 +23,7 @@ from guardian.prices import PriceCatalog
 from guardian.providers import Patience
 from guardian.providers.gcp.probe import probe_credentials
 from guardian.providers.gcp.provider import GcpProvider
+from tests.clock import NOW
 from tests.fakes.gcp_compute import (
     DEFAULT_MACHINE_TYPES,
     FakeComputeServer,
@@ -38,7 +39,6 @@ from tests.fakes.gcp_monitoring import (
     ops_agent_series,
 )
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 UTIL = "agent.googleapis.com/gpu/utilization"
 MEM = "agent.googleapis.com/gpu/memory/bytes_used"
 # A family no name table knows: found only by asking machineTypes.

@@ -5,7 +5,7 @@ AssumeRole), and a GCP folder tree through the real Resource Manager client and 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import Any
 
 import boto3
@@ -18,6 +18,7 @@ from guardian.providers.aws.discovery import GpuTypeCatalog
 from guardian.providers.aws.provider import AwsProvider
 from guardian.providers.gcp.provider import GcpProvider
 from guardian.simulated.aws import launch_gpu_instances
+from tests.clock import NOW
 from tests.conftest import AwsWire, MotoServer
 from tests.fakes.gcp_compute import FakeComputeServer, FakeComputeState, FakeVm
 from tests.fakes.gcp_resource_manager import FakeResourceManagerServer, FakeResourceManagerState
@@ -140,7 +141,7 @@ def test_projects_below_a_folder_tree_are_found_and_compute_less_ones_skipped(
     tree.add_project("shared-vpc", "organizations/1")
     tree.add_project("secret", locked)
     tree.fail_parents[locked] = ("PERMISSION_DENIED", "the caller may not list folders/12")
-    created = datetime(2026, 11, 1, tzinfo=UTC)
+    created = NOW - timedelta(days=25)  # up long enough to be audited
     for project in ("ml-train", "ml-vision"):
         compute.state.add(
             project,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,9 +20,10 @@ from guardian.providers.aws.metrics import (
     queries_per_call,
     reduce_instance,
 )
+from tests.clock import NOW
 
 NAMES = MetricNames("CWAgent", "nvidia_smi_utilization_gpu", "nvidia_smi_memory_used", 60)
-T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+T0 = NOW
 
 
 def columns(*pairs: tuple[datetime, float]) -> Points:

@@ -19,9 +19,10 @@ from guardian.config import Config, apply_overrides, parse_config
 from guardian.errors import GuardianError
 from guardian.model import GpuInstance, GpuSample, PriceAssessment
 from guardian.providers import UnitError
+from tests.clock import MONDAY
 from tests.fake_provider import FakeProvider, make_instance
 
-T0 = datetime(2026, 5, 4, 8, 0, tzinfo=UTC)
+T0 = MONDAY + timedelta(hours=8)  # a Monday morning
 HELD, RELEASED = 20000.0, 0.0
 SCORE_KEYS = {
     "idle_tail_hours",
@@ -184,7 +185,7 @@ def test_training_histories_meet_the_goals_at_the_default_config() -> None:
 
 
 def test_cloud_history_is_pulled_day_by_day_through_the_provider() -> None:
-    end = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
+    end = MONDAY + timedelta(days=4, hours=12)  # a Friday noon
     start = end - timedelta(days=3)
     working = make_instance("i-work", launch_time=start - timedelta(days=1))
     quiet = make_instance("i-quiet", launch_time=start - timedelta(days=1))

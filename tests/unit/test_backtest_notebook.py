@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -22,6 +22,7 @@ from guardian.backtest.trace import TraceError, TraceSeries, read_trace
 from guardian.cli import app
 from guardian.config import Config, apply_overrides, parse_config
 from guardian.model import GpuSample, InstanceMetric
+from tests.clock import MONDAY, iso_z
 from tests.fake_provider import FakeProvider, make_instance
 
 NOTEBOOK = InstanceMetric.NOTEBOOK_IDLE_S
@@ -33,17 +34,18 @@ def config(*overrides: str) -> Config:
 
 def test_the_trace_column_is_read_per_instance_blank_where_absent(tmp_path: Path) -> None:
     path = tmp_path / "nb.csv"
+    first = MONDAY + timedelta(hours=8)
+    at = first + timedelta(minutes=1)
     path.write_text(
         "instance_id,timestamp,gpu_index,gpu_util,gpu_mem_used_mib,notebook_idle_s\n"
-        "nb,2026-05-04T08:00:00Z,0,1,9000,\n"
-        "nb,2026-05-04T08:00:00Z,1,1,9000,\n"
-        "nb,2026-05-04T08:01:00Z,0,1,9000,3660\n"
-        "nb,2026-05-04T08:01:00Z,1,1,9000,3600\n"  # two rows disagree: the smaller counts
-        "job,2026-05-04T08:00:00Z,0,90,9000,\n"
+        f"nb,{iso_z(first)},0,1,9000,\n"
+        f"nb,{iso_z(first)},1,1,9000,\n"
+        f"nb,{iso_z(at)},0,1,9000,3660\n"
+        f"nb,{iso_z(at)},1,1,9000,3600\n"  # two rows disagree: the smaller counts
+        f"job,{iso_z(first)},0,90,9000,\n"
     )
     job, nb = read_trace(path)
     assert job.instance_series == {}  # never touched: no entry, not a 0
-    at = datetime(2026, 5, 4, 8, 1, tzinfo=UTC)
     assert nb.instance_series == {NOTEBOOK: ((at, 3600.0),)}
 
 
@@ -97,7 +99,7 @@ def test_notebook_fleet_meets_the_goal_at_the_default_config() -> None:
 
 
 def test_cloud_history_carries_the_signal_into_the_replay() -> None:
-    end = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
+    end = MONDAY + timedelta(days=4, hours=12)  # a Friday noon
     instance = make_instance("i-nb", launch_time=end - timedelta(days=2))
     (generated,) = notebook_series(seed=5, instances=1, start=end - timedelta(days=1, hours=6))
     provider = FakeProvider(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +28,11 @@ from guardian.prices.catalog import (
     source_date,
     write_cache,
 )
+from tests.clock import DAY, at
 
 DATA = Path(catalog_module.__file__).parent / "data"
-FETCHED = datetime(2026, 11, 26, 23, 0, tzinfo=UTC)
+FETCHED = at(23)  # late in the day: the source is labelled with this UTC day
+MONTHS_AGO = (DAY - timedelta(days=150)).date()
 
 
 def _doc(provider: str) -> dict[str, Any]:
@@ -228,8 +230,8 @@ def test_regions_and_source_dates() -> None:
     assert "us-east-1" in regions(catalog, "aws")
     assert "us-central1" in regions(catalog, "gcp")
     assert regions(catalog, "azure") == []
-    assert source_date("catalog 2025-06-30") == date(2025, 6, 30)
-    assert source_date("aws-pricing-api 2026-11-26") == date(2026, 11, 26)
+    assert source_date(f"catalog {MONTHS_AGO:%Y-%m-%d}") == MONTHS_AGO
+    assert source_date(f"aws-pricing-api {DAY:%Y-%m-%d}") == DAY.date()
     assert source_date("hand-made") is None
     assert source_date(None) is None
 
@@ -275,7 +277,7 @@ def test_cache_overrides_type_by_type_and_says_so(tmp_path: Path) -> None:
     # The Pricing API names no GPU model; the embedded one is kept for a known type.
     assert g5.gpu_model == "NVIDIA A10G"
     assert g5.gpu_memory_gib == 24
-    assert catalog.source_of("aws", "us-east-1", "g5.xlarge") == "aws-pricing-api 2026-11-26"
+    assert catalog.source_of("aws", "us-east-1", "g5.xlarge") == f"aws-pricing-api {DAY.date()}"
     # Types the cache does not list keep their embedded price and source.
     g6 = catalog.lookup("aws", "us-east-1", "g6.xlarge")
     assert g6 == embedded.lookup("aws", "us-east-1", "g6.xlarge")
@@ -315,7 +317,7 @@ def test_the_loaded_catalog_follows_a_rewritten_cache(tmp_path: Path) -> None:
                     "aws": {
                         "us-east-1": {
                             "source": "aws-pricing-api",
-                            "fetched_at": "2026-11-26T00:00:00Z",
+                            "fetched_at": f"{DAY:%Y-%m-%d}T00:00:00Z",
                             "types": {
                                 "g5.xlarge": {
                                     "vcpus": 4,
@@ -333,7 +335,9 @@ def test_the_loaded_catalog_follows_a_rewritten_cache(tmp_path: Path) -> None:
             {
                 "schema_version": 1,
                 "providers": {
-                    "aws": {"us-east-1": {"source": "x", "fetched_at": "2026-11-26", "types": {}}}
+                    "aws": {
+                        "us-east-1": {"source": "x", "fetched_at": f"{DAY:%Y-%m-%d}", "types": {}}
+                    }
                 },
             }
         ),

@@ -7,7 +7,7 @@ The objects are the client libraries' own message classes, as the API would retu
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from google.cloud import billing_v1, compute_v1
@@ -23,9 +23,13 @@ from guardian.providers.gcp.discovery import (
     parse_instance,
 )
 from guardian.providers.gcp.metrics import memory_state_label, metric_filter
+from tests.clock import DAY, at
 
 ZONE_URL = "https://www.googleapis.com/compute/v1/projects/p/zones/us-west1-b"
 OWNER_TAGS = ["owner", "Owner", "team", "created-by", "CreatedBy"]
+# Compute Engine writes Pacific time with milliseconds; 16:00 UTC is 08:00 at -08:00.
+CREATED = at(16, days=-6)
+CREATED_PACIFIC = f"{CREATED - timedelta(hours=8):%Y-%m-%dT%H:%M:%S}.000-08:00"
 
 
 def _instance(**fields: object) -> compute_v1.Instance:
@@ -34,7 +38,7 @@ def _instance(**fields: object) -> compute_v1.Instance:
         "name": "vm",
         "zone": ZONE_URL,
         "machine_type": f"{ZONE_URL}/machineTypes/n1-standard-4",
-        "creation_timestamp": "2026-11-20T08:00:00.000-08:00",
+        "creation_timestamp": CREATED_PACIFIC,
     }
     base.update(fields)
     return compute_v1.Instance(**base)
@@ -62,7 +66,7 @@ def test_an_n1_vm_with_attached_gpus_is_read_from_its_own_description() -> None:
     assert vm.owner == "vision"  # "team" comes before "created-by" in owner_tags
     assert vm.lifecycle is Lifecycle.PREEMPTIBLE
     assert vm.has_instance_store
-    assert vm.launch_time == datetime(2026, 11, 20, 16, 0, tzinfo=UTC)  # Pacific → UTC
+    assert vm.launch_time == CREATED  # Pacific → UTC
 
 
 def test_a_vm_without_accelerators_anywhere_is_not_a_gpu_vm() -> None:
@@ -105,7 +109,7 @@ def test_the_family_fallback_knows_the_published_shapes(
 
 
 def test_the_machine_type_lookup_asks_only_for_new_names_and_pauses_after_a_failure() -> None:
-    clock = [datetime(2026, 11, 26, tzinfo=UTC)]
+    clock = [DAY]
     cache = MachineTypeAccelerators(lambda: clock[0])
     asked: list[Sequence[str]] = []
 

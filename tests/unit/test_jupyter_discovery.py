@@ -8,7 +8,7 @@ import os
 import socketserver
 import threading
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
@@ -20,8 +20,10 @@ from guardian.agent.processes import ProcessInfo, ProcessKind
 from guardian.commands.agent import render_status
 from guardian.config import parse_config
 from guardian.errors import ConfigError
+from tests.clock import DAY, at
 
-NOW = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
+NOW = at(20)
+TODAY = f"{DAY:%Y-%m-%d}"  # Jupyter writes ISO times: f"{TODAY}T18:00:00Z"
 
 
 def runtime_file(directory: Path, name: str, **info: object) -> None:
@@ -98,7 +100,7 @@ class _Kernels(BaseHTTPRequestHandler):
                     "id": "k1",
                     "name": "python3",
                     "execution_state": "idle",
-                    "last_activity": "2026-11-26T18:00:00.5Z",
+                    "last_activity": f"{TODAY}T18:00:00.5Z",
                     "connections": 0,
                 },
                 {"id": 7},  # not a kernel entry: skipped
@@ -130,14 +132,14 @@ def test_a_server_on_a_unix_socket_is_read(unix_server: str) -> None:
     assert reading.kernels is not None
     (kernel,) = reading.kernels
     assert (kernel.id, kernel.execution_state, kernel.connections) == ("k1", "idle", 0)
-    assert kernel.last_activity == datetime(2026, 11, 26, 18, 0, 0, 500000, tzinfo=UTC)
+    assert kernel.last_activity == at(18) + timedelta(milliseconds=500)
     assert kernel.server == f"unix:{unix_server}"
     refused = read_kernels(JupyterServer("http://localhost/", "wrong", unix_server))
     assert (refused.kernels, refused.error) == (None, "HTTP 403 Forbidden")
 
 
 def kernel(kernel_id: str, state: str = "idle", connections: int | None = 0) -> Kernel:
-    return Kernel(kernel_id, "python3", state, datetime(2026, 11, 26, 18, 0, tzinfo=UTC),
+    return Kernel(kernel_id, "python3", state, at(18),
                   connections, "http://127.0.0.1:8888/")  # fmt: skip
 
 
@@ -177,7 +179,7 @@ def test_status_shows_who_holds_the_gpus_and_the_signal() -> None:
                     "name": "python3",
                     "execution_state": "idle",
                     "connections": 0,
-                    "last_activity": "2026-11-26T18:45:00Z",
+                    "last_activity": f"{TODAY}T18:45:00Z",
                 }
             ],
             "unread_servers": ["http://127.0.0.1:9999/"],
@@ -201,7 +203,7 @@ def test_status_shows_who_holds_the_gpus_and_the_signal() -> None:
     text = "\n".join(render_status(document))
     assert "pid 4242 python 16000 MiB  notebook-kernel: ipykernel_launcher, kernel k1" in text
     assert "notebook: signal: the notebook kernel holding the GPUs idle for 75 min" in text
-    assert "kernel k1 (python3): idle, 0 connection(s), last activity 2026-11-26T18:45:00Z" in text
+    assert f"kernel k1 (python3): idle, 0 connection(s), last activity {TODAY}T18:45:00Z" in text
     assert (
         "unreadable Jupyter server: http://127.0.0.1:9999/ (counts as a browser connected)" in text
     )

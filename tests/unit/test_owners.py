@@ -3,7 +3,7 @@ saves the money; the audit's "what would enforce do" over every gate."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -97,7 +97,7 @@ def _raw(**extra: Any) -> dict[str, Any]:
     return {
         "InstanceId": "i-1",
         "InstanceType": "p4d.24xlarge",
-        "LaunchTime": datetime(2026, 1, 1, tzinfo=UTC),
+        "LaunchTime": NOW - timedelta(days=30),
         "Placement": {"AvailabilityZone": "us-east-1a"},
         "Tags": [{"Key": "aws:autoscaling:groupName", "Value": "pool"}],
         **extra,

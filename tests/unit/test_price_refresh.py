@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import zlib
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +33,15 @@ from guardian.prices.catalog import (
 from guardian.prices.refresh import default_regions, refresh
 from guardian.prices.refresh_aws import AwsPricingSource, _map_aws_error, parse_ec2_product
 from guardian.prices.sources import source_for
+from tests.clock import DAY, at
 
-NOW = datetime(2026, 11, 26, 23, 59, tzinfo=UTC)
-EARLIER = datetime(2026, 10, 1, tzinfo=UTC)
+NOW = at(23, 59)  # a minute before midnight: the source is labelled with this UTC day
+EARLIER = DAY - timedelta(days=56)
+# The Pricing API's own dates, as it writes them: a reserved term from last year, an on-demand
+# price effective this month, an offer file published last week.
+RESERVED_EFFECTIVE = f"{NOW - timedelta(days=178):%Y-%m-%d}T00:00:00Z"
+ON_DEMAND_EFFECTIVE = f"{NOW - timedelta(days=25):%Y-%m-%d}T00:00:00Z"
+PUBLISHED = NOW - timedelta(days=6)
 
 
 def ec2_product(
@@ -105,7 +111,7 @@ def ec2_product(
                     }
                 },
                 "sku": sku,
-                "effectiveDate": "2025-06-01T00:00:00Z",
+                "effectiveDate": RESERVED_EFFECTIVE,
                 "offerTermCode": "4NA7Y494T4",
                 "termAttributes": {
                     "LeaseContractLength": "1yr",
@@ -130,7 +136,7 @@ def ec2_product(
                     }
                 },
                 "sku": sku,
-                "effectiveDate": "2026-11-01T00:00:00Z",
+                "effectiveDate": ON_DEMAND_EFFECTIVE,
                 "offerTermCode": "JRTCKXETXF",
                 "termAttributes": {},
             }
@@ -140,8 +146,8 @@ def ec2_product(
             "product": {"productFamily": product_family, "attributes": attributes, "sku": sku},
             "serviceCode": "AmazonEC2",
             "terms": terms,
-            "version": "20261120000000",
-            "publicationDate": "2026-11-20T00:00:00Z",
+            "version": f"{PUBLISHED:%Y%m%d}000000",
+            "publicationDate": f"{PUBLISHED:%Y-%m-%d}T00:00:00Z",
         }
     )
 
@@ -312,7 +318,7 @@ def test_refresh_writes_the_cache_and_reports_what_changed(
     embedded = load_embedded()
 
     catalog = load_catalog(tmp_path)
-    assert catalog.source_of("aws", "us-east-1", "p5en.48xlarge") == "aws-pricing-api 2026-11-26"
+    assert catalog.source_of("aws", "us-east-1", "p5en.48xlarge") == f"aws-pricing-api {DAY.date()}"
     assert catalog.source_of("aws", "us-east-1", "g6.xlarge") == embedded.source["aws"]
     p5en = catalog.lookup("aws", "us-east-1", "p5en.48xlarge")
     assert p5en is not None

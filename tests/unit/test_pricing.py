@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -18,8 +18,11 @@ from guardian.prices.assessment import (
     rule_of_thumb_reading,
 )
 from guardian.prices.catalog import load_embedded
+from tests.clock import NOW
 
-NOW = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+# Two labels that differ: the embedded list's, months old, and a refresh of the day.
+CATALOG_SOURCE = f"catalog {(NOW - timedelta(days=150)).date()}"
+REFRESHED_SOURCE = f"aws-pricing-api {NOW.date()}"
 
 SMALL = PriceCatalog(
     types={
@@ -43,8 +46,8 @@ SMALL = PriceCatalog(
         },
     },
     accelerators={"gcp": {"us-central1": {"nvidia-tesla-t4": 0.35}}},
-    source={"aws": "catalog 2025-06-30", "gcp": "catalog 2025-06-30"},
-    type_sources={"aws": {"us-east-1": {"g5.xlarge": "aws-pricing-api 2026-11-26"}}},
+    source={"aws": CATALOG_SOURCE, "gcp": CATALOG_SOURCE},
+    type_sources={"aws": {"us-east-1": {"g5.xlarge": REFRESHED_SOURCE}}},
 )
 
 
@@ -69,10 +72,10 @@ def test_a_known_type_gets_price_equivalent_premium_and_its_own_source() -> None
     # m6i and a1 tie at $0.20: the name breaks the tie, so the choice is stable.
     assert result.cpu_equivalent == CpuEquivalent("a1.xlarge", 0.2)
     assert result.premium == 5.0
-    assert result.price_source == "aws-pricing-api 2026-11-26"
+    assert result.price_source == REFRESHED_SOURCE
     assert result.reason is None
     g4dn = assess(SMALL, instance(instance_type="g4dn.xlarge"))
-    assert g4dn.price_source == "catalog 2025-06-30"
+    assert g4dn.price_source == CATALOG_SOURCE
 
 
 def test_the_equivalent_skips_gpu_types_unpriced_types_and_too_small_ones() -> None:

@@ -48,7 +48,7 @@ def test_json_contract() -> None:
     config, result = run()
     document = json.loads(json.dumps(findings_json(result, config)))  # type: ignore[arg-type]
     assert set(document) >= {"generated_at", "config", "findings", "totals"}
-    assert document["generated_at"] == "2026-11-26T12:00:00Z"
+    assert document["generated_at"] == f"{NOW.date()}T12:00:00Z"
     for finding in document["findings"]:
         assert set(finding) == FINDING_KEYS
         assert set(finding["cpu_equivalent"]) == {"instance_type", "hourly_price"}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 
 import pytest
@@ -46,7 +46,7 @@ def test_opening_again_keeps_the_data_and_migrates_nothing(tmp_path: Path) -> No
 
 
 def test_times_come_back_aware_utc_and_naive_ones_are_refused(store: Store) -> None:
-    local = datetime(2026, 11, 26, 13, 0, tzinfo=UTC).astimezone()
+    local = (NOW + timedelta(hours=1)).astimezone()  # the machine's zone, not UTC's object
     with store.transaction() as tx:
         tx.open_episode(REF, local, local + timedelta(minutes=15), "stop")
     with store.reader() as tx:
@@ -54,8 +54,9 @@ def test_times_come_back_aware_utc_and_naive_ones_are_refused(store: Store) -> N
     assert episode.warned_at == local
     assert episode.warned_at.tzinfo is UTC
     assert episode.as_ladder().deadline == local + timedelta(minutes=15)
+    naive = NOW.replace(tzinfo=None)
     with pytest.raises(sa.exc.StatementError, match="naive datetime"), store.transaction() as tx:
-        tx.open_episode(REF, datetime(2026, 1, 1), datetime(2026, 1, 2), "stop")  # noqa: DTZ001
+        tx.open_episode(REF, naive, naive + timedelta(days=1), "stop")
 
 
 def test_one_open_episode_per_instance(store: Store) -> None:

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from guardian.backtest.trace import SEGMENT_GAP, TraceDefaults, TraceError, read_trace
+from tests.clock import NOW
 
-T0 = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
+T0 = NOW  # 12:00 UTC: the rows below write the time of day out
 
 
 def write(tmp_path: Path, text: str, name: str = "trace.csv", *, gz: bool = False) -> Path:
@@ -22,19 +23,20 @@ def write(tmp_path: Path, text: str, name: str = "trace.csv", *, gz: bool = Fals
 
 def test_backtest_format_rows_in_any_order_reduce_over_gpus(tmp_path: Path) -> None:
     unix = int(T0.timestamp())
+    day = f"{T0:%Y-%m-%d}"
     path = write(
         tmp_path,
         f"""
 instance_id,timestamp,gpu_index,gpu_util,gpu_mem_used_mib,instance_type,region
 i-b,{unix + 120},1,0,100,,
-i-a,2026-03-01T12:01:00Z,0,7.5,300,p4d.24xlarge,us-west-2
-i-a,2026-03-01T12:00:00Z,1,80,30000,,
+i-a,{day}T12:01:00Z,0,7.5,300,p4d.24xlarge,us-west-2
+i-a,{day}T12:00:00Z,1,80,30000,,
 i-b,{unix},0,0,100,,
-i-a,2026-03-01T12:00:00Z,0,20,29000,,
-i-a,2026-03-01T12:01:00+00:00,1,2.5,,,
+i-a,{day}T12:00:00Z,0,20,29000,,
+i-a,{day}T12:01:00+00:00,1,2.5,,,
 i-b,{unix + 120},0,1,50,,
 i-b,{unix},1,3,200,,
-i-a,2026-03-01 12:02:00,0,1,10,,
+i-a,{day} 12:02:00,0,1,10,,
 """,
     )
     series = read_trace(path, TraceDefaults(instance_type="g5.xlarge"))

@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 from guardian.backtest.replay import replay
 from guardian.backtest.trace import TraceError, read_trace
 from guardian.config import apply_overrides, parse_config
+from tests.clock import NOW
 
 FUZZ = settings(
     max_examples=60,
@@ -27,6 +28,7 @@ FUZZ = settings(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 CONFIG = parse_config(apply_overrides({}, ["poll_interval=1m", "cost.lookback=1h"]))
+EPOCH = int(NOW.timestamp())  # a valid row's time, in Unix seconds
 
 BACKTEST_HEADER = "instance_id,timestamp,gpu_index,gpu_util,gpu_mem_used_mib,notebook_idle_s"
 PHILLY_MINUTES_HEADER = "machine_id,gpu,timestamp_local,gpu_util"
@@ -64,7 +66,7 @@ HOSTILE_CELLS = [
 ]
 cells = st.one_of(st.sampled_from(HOSTILE_CELLS), st.text(max_size=8))
 good_rows = st.builds(
-    lambda n, gpu, util: f"i-{n},{1_700_000_000 + 60 * n},{gpu},{util},100,",
+    lambda n, gpu, util: f"i-{n},{EPOCH + 60 * n},{gpu},{util},100,",
     st.integers(0, 30),
     st.integers(0, 3),
     st.integers(0, 100),
@@ -110,7 +112,7 @@ def _assert_one_line(error: TraceError, path: Path) -> None:
 @example(header=BACKTEST_HEADER, body=["i-1,0001-01-01T00:00:00+01:00,0,0,,"])
 @example(header=PHILLY_WINDOWS_HEADER, body=["j,m,0,9999-12-31T23:59:00,true" + ",0" * 14])
 @example(header=PHILLY_MINUTES_HEADER, body=["m,0,253402300799,5"])
-@example(header=BACKTEST_HEADER, body=["i-1,1700000000,0,5,,", 'i-1,"1700000060",0,"\x00",,'])
+@example(header=BACKTEST_HEADER, body=[f"i-1,{EPOCH},0,5,,", f'i-1,"{EPOCH + 60}",0,"\x00",,'])
 def test_any_trace_replays_or_is_one_line_naming_the_file(
     tmp_path: Path, header: str, body: list[str]
 ) -> None:
@@ -131,10 +133,10 @@ def test_a_bad_row_is_named_by_its_line_in_the_file(
 ) -> None:
     """The line is the file's, as an editor counts it, also after a quoted cell that spans
     lines (csv counts records, not lines)."""
-    lines = [BACKTEST_HEADER, *(f"i-{n},1700000000,0,5,," for n in range(before))]
+    lines = [BACKTEST_HEADER, *(f"i-{n},{EPOCH},0,5,," for n in range(before))]
     if multiline:
-        lines += ['"i-\nsplit",1700000000,0,5,,']
-    lines.append(f"i-bad,1700000000,0,{bad},,")
+        lines += [f'"i-\nsplit",{EPOCH},0,5,,']
+    lines.append(f"i-bad,{EPOCH},0,{bad},,")
     path = _write(tmp_path, "\n".join([*lines, ""]).encode())
     error = _replay(path)
     assert error is not None
@@ -146,10 +148,10 @@ def test_a_bad_row_is_named_by_its_line_in_the_file(
 @FUZZ
 @given(junk=st.binary(max_size=200), gzipped=st.booleans(), cut=st.integers(0, 64))
 @example(junk=b"\x1f\x8b\x08\x00garbage", gzipped=False, cut=0)
-@example(junk=(BACKTEST_HEADER + "\ni-1,1700000000,0,5,,\n").encode(), gzipped=True, cut=20)
+@example(junk=(BACKTEST_HEADER + f"\ni-1,{EPOCH},0,5,,\n").encode(), gzipped=True, cut=20)
 @example(junk=b"\xff\xfe" + BACKTEST_HEADER.encode("utf-16-le"), gzipped=False, cut=0)
 @example(
-    junk=(BACKTEST_HEADER + "\ni-1,1700000000,0,5,,\xff\n").encode("latin-1"), gzipped=False, cut=0
+    junk=(BACKTEST_HEADER + f"\ni-1,{EPOCH},0,5,,\xff\n").encode("latin-1"), gzipped=False, cut=0
 )
 def test_binary_junk_and_broken_gzip_are_one_line(
     tmp_path: Path, junk: bytes, gzipped: bool, cut: int
@@ -174,11 +176,11 @@ def test_an_empty_file_a_directory_and_a_missing_file(tmp_path: Path) -> None:
 
 CLI_CASES: dict[str, bytes] = {
     "not_a_number": (
-        BACKTEST_HEADER + "\ni-1,1700000000,0,5,,\ni-1,1700000060,0,lots,,\n"
+        BACKTEST_HEADER + f"\ni-1,{EPOCH},0,5,,\ni-1,{EPOCH + 60},0,lots,,\n"
     ).encode(),
     "far_future": (BACKTEST_HEADER + "\ni-1,9999-12-31T23:59:59,0,0,,\n").encode(),
     "binary": b"\x89PNG\r\n\x1a\n\x00\xff",
-    "truncated_gzip": gzip.compress((BACKTEST_HEADER + "\ni-1,1700000000,0,5,,\n").encode())[:-12],
+    "truncated_gzip": gzip.compress((BACKTEST_HEADER + f"\ni-1,{EPOCH},0,5,,\n").encode())[:-12],
 }
 
 

@@ -268,7 +268,10 @@ class ManualClock:
     """
 
     def __init__(self, start: datetime | None = None) -> None:
-        self._start = start or datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+        # By default the same hour yesterday, on the hour: a day of scenario time stays in the
+        # past, and seconds count from a round minute.
+        hour = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
+        self._start = start or hour - timedelta(days=1)
         self._elapsed = 0.0
         self._lock = threading.Lock()
 
