@@ -38,6 +38,11 @@ class Allowed:
 ALLOWED = (
     Allowed("guardian/providers/aws/metrics.py", "datetime(1970, ...)", "the Unix epoch"),
     Allowed(
+        "tests/moto_iam.py",
+        "2012-10-17",
+        "the IAM policy language's version string, not a moment",
+    ),
+    Allowed(
         "tests/integration/test_enforce_fleet.py",
         "datetime(2000, ...)",
         "'since forever': every notification the store holds",
