@@ -188,6 +188,11 @@ def _parse_time(value: str) -> datetime | None:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
+# Provisioning models whose meaning we know ("": not stated, the API's default STANDARD).
+# Anything else (FLEX_START, RESERVATION_BOUND, a model Google adds later) is not guessed at.
+_KNOWN_PROVISIONING = frozenset({"", "STANDARD", "SPOT"})
+
+
 def _lifecycle(scheduling: Any) -> Lifecycle:
     if str(scheduling.provisioning_model).upper() == "SPOT":
         return Lifecycle.SPOT
@@ -236,6 +241,15 @@ def _unusable_reason(raw: Any, started: datetime | None) -> str | None:
         return f"status {status!r}, not RUNNING"
     if started is None:
         return "no lastStartTimestamp or creationTimestamp"
+    # Without its zone a stop cannot be addressed, and without its id the VM's history and
+    # episodes would be shared with every other id-less VM.
+    if not _last_segment(str(raw.zone or "")):
+        return "no zone"
+    if not raw.id:
+        return "no id"
+    model = str(raw.scheduling.provisioning_model or "").upper()
+    if model not in _KNOWN_PROVISIONING:
+        return f"unknown provisioningModel {model!r}"
     return None
 
 
@@ -246,7 +260,11 @@ def parse_instance(
     owner_tags: Sequence[str],
 ) -> GpuInstance | None:
     """Our GpuInstance for one ``compute_v1.Instance``; None when it has no GPU."""
-    machine_type = _last_segment(raw.machine_type)
+    machine_type = _last_segment(raw.machine_type or "")
+    if not machine_type:
+        # Its GPUs (unless attached) and its price both come from the machine type.
+        log.warning("gcp_instance_skipped", project=project, name=raw.name, reason="no machineType")
+        return None
     attached = [a for a in raw.guest_accelerators if int(a.accelerator_count) > 0]
     if attached:
         spec: AcceleratorSpec | None = AcceleratorSpec(

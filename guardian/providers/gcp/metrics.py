@@ -18,10 +18,13 @@ Units: the Ops Agent reports utilisation in percent, the DCGM receiver as a frac
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
+
+import structlog
 
 from guardian.model import GpuInstance, GpuUtilisation, InstanceMetric, Point
 from guardian.providers.gcp.errors import map_google_error
@@ -42,6 +45,8 @@ MetricKind = Literal["util", "mem", "instance"]
 Points = list[tuple[datetime, float]]
 # instance id → GPU key → points
 SeriesByInstance = dict[str, dict[str, Points]]
+
+log = structlog.get_logger(__name__)
 
 _MIB = 1024 * 1024
 _MEMORY_UNITS = {"By": 1 / _MIB, "KiBy": 1 / 1024, "MiBy": 1.0, "GiBy": 1024.0, "": 1 / _MIB}
@@ -109,6 +114,10 @@ class ProjectSeries:
 
     by_instance: SeriesByInstance = field(default_factory=dict)
     pages: int = 0
+    # instance id → points that were no reading (NaN, infinite, negative, outside the asked
+    # interval, not a number): they say why a VM whose series held nothing else is unmeasured.
+    unusable: dict[str, int] = field(default_factory=dict)
+    without_instance: int = 0  # series that name no instance_id: nobody's
 
 
 def _scale(unit: str, metric_type: str, kind: MetricKind) -> float:
@@ -147,6 +156,7 @@ def fetch_project_series(
     # restarted with a new label set) keeps the larger reading, as ALIGN_MAX would have.
     collected: dict[str, dict[str, dict[datetime, float]]] = {}
     times: dict[int, datetime] = {}
+    window = (int(start.timestamp()), int(end.timestamp()))
     try:
         from google.cloud import monitoring_v3
 
@@ -157,14 +167,26 @@ def fetch_project_series(
             # GPUs is about a million points, 20x faster to read this way.
             raw = monitoring_v3.ListTimeSeriesResponse.pb(page)
             for series in raw.time_series:
-                _add_series(collected, series, metric_type, kind, times)
+                _add_series(
+                    collected, series, metric_type, kind, times, window=window, result=result
+                )
     except Exception as exc:
         raise map_google_error(exc, f"monitoring.listTimeSeries {metric_type}") from exc
-    # Monitoring returns the newest point first; we keep series oldest first.
+    # Monitoring returns the newest point first; we keep series oldest first. A GPU none of
+    # whose points was a reading did not report: it is left out, not counted as reporting.
     result.by_instance = {
-        instance_id: {gpu: sorted(points.items()) for gpu, points in gpus.items()}
+        instance_id: {gpu: sorted(points.items()) for gpu, points in gpus.items() if points}
         for instance_id, gpus in collected.items()
     }
+    result.by_instance = {k: v for k, v in result.by_instance.items() if v}
+    if result.without_instance or result.unusable:
+        log.warning(
+            "gcp_series_points_dropped",
+            project=project,
+            metric=metric_type,
+            series_without_instance_id=result.without_instance,
+            unusable_points=sum(result.unusable.values()),
+        )
     return result
 
 
@@ -174,29 +196,46 @@ def _add_series(
     metric_type: str,
     kind: MetricKind,
     times: dict[int, datetime],
+    *,
+    window: tuple[int, int],  # the asked interval, in epoch seconds
+    result: ProjectSeries,
 ) -> None:
-    """One raw ``TimeSeries`` into ``into``; ``times`` shares datetimes across series."""
+    """One raw ``TimeSeries`` into ``into``; ``times`` shares datetimes across series.
+
+    Only readings count: a NaN, an infinity or a negative number, a point after the end of the
+    asked interval (a clock ahead, or a hostile answer: it would stand for "now" and could
+    outvote the real last minutes), and a value that is not a number
+    (bool, string, distribution) are counted in ``result.unusable``, never guessed at.
+    """
     instance_id = series.resource.labels.get("instance_id")
     if not instance_id:
+        result.without_instance += 1
         return
     scale = _scale(series.unit, metric_type, kind)
     points = into.setdefault(instance_id, {}).setdefault(_gpu_key(series.metric.labels), {})
+    last = window[1]
+    unusable = 0
     for point in series.points:
         typed = point.value
         which = typed.WhichOneof("value")
+        stamp = point.interval.end_time
         if which == "double_value":
             value = typed.double_value * scale
         elif which == "int64_value":
             value = typed.int64_value * scale
         else:
-            continue  # bool/string/distribution: not a GPU gauge; skipped rather than guessed
-        stamp = point.interval.end_time
+            value = math.nan
+        if not (math.isfinite(value) and value >= 0 and stamp.seconds <= last):
+            unusable += 1
+            continue
         # Aligned points fall on whole seconds; nanoseconds would only split one minute in two.
         at = times.get(stamp.seconds)
         if at is None:
             at = times[stamp.seconds] = datetime.fromtimestamp(stamp.seconds, UTC)
         previous = points.get(at)
         points[at] = value if previous is None else max(previous, value)
+    if unusable:
+        result.unusable[instance_id] = result.unusable.get(instance_id, 0) + unusable
 
 
 def utilisation_for(
@@ -220,6 +259,15 @@ def utilisation_for(
             fetch_failed=True,
         )
     util_by_gpu = util.by_instance.get(instance.instance_id)
+    unusable = util.unusable.get(instance.instance_id, 0)
+    if not util_by_gpu and unusable:
+        return GpuUtilisation(
+            period_s=period_s,
+            error=(
+                f"none of the {unusable} points of its {metric_type} series was a reading "
+                "(NaN, infinite, negative, in the future or not a number)"
+            ),
+        )
     if not util_by_gpu:
         return GpuUtilisation(
             period_s=period_s,
