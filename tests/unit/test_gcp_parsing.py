@@ -285,3 +285,24 @@ def test_a_gpu_vm_that_cannot_be_judged_is_skipped_with_its_reason(
     with capture_logs() as logs:
         assert parse_instance(_instance(**fields), "p", t4, OWNER_TAGS) is None
     assert [(e["event"], e["reason"]) for e in logs] == [("gcp_instance_skipped", reason)]
+
+
+def test_a_reservation_bound_vm_is_reserved_capacity() -> None:
+    """RESERVATION_BOUND (calendar-mode GPU reservations): paid whether it runs or not, so
+    alert-only like any reserved capacity, never skipped as an unknown model."""
+    t4 = {"n1-standard-4": AcceleratorSpec("nvidia-tesla-t4", 1)}
+    bound = compute_v1.Scheduling(provisioning_model="RESERVATION_BOUND")
+    vm = parse_instance(_instance(scheduling=bound), "p", t4, OWNER_TAGS)
+    assert vm is not None
+    assert vm.reservation == "reservation-bound"
+    named = _instance(
+        scheduling=bound,
+        reservation_affinity=compute_v1.ReservationAffinity(
+            consume_reservation_type="SPECIFIC_RESERVATION", values=["a3-calendar"]
+        ),
+    )
+    vm = parse_instance(named, "p", t4, OWNER_TAGS)
+    assert vm is not None
+    assert vm.reservation == "a3-calendar"
+    flex = _instance(scheduling=compute_v1.Scheduling(provisioning_model="FLEX_START"))
+    assert parse_instance(flex, "p", t4, OWNER_TAGS) is None  # not guessed at

@@ -188,9 +188,11 @@ def _parse_time(value: str) -> datetime | None:
     return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-# Provisioning models whose meaning we know ("": not stated, the API's default STANDARD).
-# Anything else (FLEX_START, RESERVATION_BOUND, a model Google adds later) is not guessed at.
-_KNOWN_PROVISIONING = frozenset({"", "STANDARD", "SPOT"})
+# Provisioning models whose meaning we know ("": not stated, the API's default STANDARD;
+# RESERVATION_BOUND: runs in a reservation for its whole life, so it is reserved capacity).
+# Anything else (FLEX_START, a model Google adds later) is not guessed at: skipped, said why.
+_RESERVATION_BOUND = "RESERVATION_BOUND"
+_KNOWN_PROVISIONING = frozenset({"", "STANDARD", "SPOT", _RESERVATION_BOUND})
 
 
 def _lifecycle(scheduling: Any) -> Lifecycle:
@@ -224,13 +226,19 @@ def _reservation(raw: Any) -> str | None:
     """The reservation a VM consumes by name (``SPECIFIC_RESERVATION`` affinity), if any.
 
     A VM with ``ANY_RESERVATION`` may or may not land in one; without listing the project's
-    reservations that cannot be told, so it is not counted as reserved.
+    reservations that cannot be told, so it is not counted as reserved. A ``RESERVATION_BOUND``
+    VM always runs in one.
     """
     affinity = getattr(raw, "reservation_affinity", None)
-    if affinity is None or str(affinity.consume_reservation_type) != _SPECIFIC:
-        return None
-    names = [_last_segment(str(value)) for value in affinity.values]
-    return names[0] if names else "a specific reservation"
+    names: list[str] = []
+    if affinity is not None and str(affinity.consume_reservation_type) == _SPECIFIC:
+        names = [_last_segment(str(value)) for value in affinity.values]
+        if not names:
+            return "a specific reservation"
+    bound = str(raw.scheduling.provisioning_model or "").upper() == _RESERVATION_BOUND
+    if bound and not names:
+        return "reservation-bound"  # its reservation is not named: paid whether it runs or not
+    return names[0] if names else None
 
 
 def _unusable_reason(raw: Any, started: datetime | None) -> str | None:
