@@ -1,6 +1,6 @@
 """Three ``guardian run`` replicas on one PostgreSQL, auditing an AWS Organization (moto).
 
-20 member accounts × 2 regions = 40 units; in each account the us-east-1 instance is idle and
+10 member accounts × 2 regions = 20 units; in each account the us-east-1 instance is idle and
 the eu-west-1 one busy. The replicas start at the same moment on an empty database. One is
 killed (-9) while it holds a unit, another is paused (SIGSTOP) past its lease while it holds
 one and then resumed. Every idle instance must be warned once and stopped once, the units
@@ -36,7 +36,7 @@ from tests.postgres import PostgresServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(240)]
 
-ACCOUNTS = 20
+ACCOUNTS = 10
 REGIONS = ("us-east-1", "eu-west-1")
 HISTORY = 60  # minutes of one-minute samples
 LEASE_S = 3.0
@@ -54,8 +54,8 @@ def _organization(moto: MotoServer) -> list[str]:
 
 class _MemberClients:
     """EC2 and CloudWatch clients of each region, made once, whose calls land in whichever
-    member account ``account`` names (moto's ``x-moto-account-id`` header): seeding 20 accounts
-    then costs their API calls, not 80 more clients and 20 role sessions."""
+    member account ``account`` names (moto's ``x-moto-account-id`` header): seeding 10 accounts
+    then costs their API calls, not 40 more clients and 10 role sessions."""
 
     def __init__(self) -> None:
         session = boto3.Session()
