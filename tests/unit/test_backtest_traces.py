@@ -70,7 +70,8 @@ def _path_strings(path: Path) -> list[tuple[int, str]]:
 
 
 def test_no_test_reads_outside_the_repository() -> None:
-    # A clone has nothing beside it: a test that reads ../shared fails there (issue 12).
+    # A clone has nothing beside it: a test that reads the shared folder next to this
+    # checkout fails there (issue 12). Only benchmarks may look for it, and say when it is missing.
     offenders = [
         f"{path.relative_to(REPO)}:{line}: {text!r}"
         for path in sorted((REPO / "tests").rglob("*.py"))
