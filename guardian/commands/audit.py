@@ -20,7 +20,16 @@ from guardian.errors import GuardianError
 from guardian.model import Verdict
 from guardian.providers import Caller
 
-__all__ = ["OutputFormat", "WideOption", "audit_once", "emit", "register", "run_audit"]
+__all__ = [
+    "FormatOption",
+    "OutputFormat",
+    "RegionOption",
+    "WideOption",
+    "audit_once",
+    "emit",
+    "register",
+    "run_audit",
+]
 
 
 class OutputFormat(StrEnum):
@@ -51,6 +60,15 @@ def run_audit(
 WideOption = Annotated[
     bool, typer.Option("--wide", help="Table: every column, however wide the terminal.")
 ]
+RegionOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--region",
+        "-r",
+        help="Only this region (repeatable): AWS like us-east-1, GCP like us-central1.",
+    ),
+]
+FormatOption = Annotated[OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")]
 
 
 def emit(result: CycleResult, config: Config, fmt: OutputFormat, *, wide: bool = False) -> None:
@@ -99,17 +117,8 @@ def audit_once(
 def audit(  # typer calls commands with keyword arguments only
     *,
     config: ConfigOption = None,
-    region: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--region",
-            "-r",
-            help="Only this region (repeatable): AWS like us-east-1, GCP like us-central1.",
-        ),
-    ] = None,
-    output: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
-    ] = OutputFormat.TABLE,
+    region: RegionOption = None,
+    output: FormatOption = OutputFormat.TABLE,
     exit_code: Annotated[
         bool, typer.Option("--exit-code", help="Exit 1 when any instance is idle.")
     ] = False,

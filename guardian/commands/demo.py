@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from guardian.commands.audit import OutputFormat, WideOption, emit, run_audit
+from guardian.commands.audit import FormatOption, OutputFormat, WideOption, emit, run_audit
 from guardian.config import Config
 from guardian.errors import GuardianError
 
@@ -22,9 +22,7 @@ __all__ = ["register"]
 
 
 def demo(
-    output: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
-    ] = OutputFormat.TABLE,
+    output: FormatOption = OutputFormat.TABLE,
     serve: Annotated[
         bool,
         typer.Option(

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated
 
 import typer
 
-from guardian.commands.audit import OutputFormat, audit_once
+from guardian.commands.audit import FormatOption, OutputFormat, RegionOption, audit_once
 from guardian.commands.common import ConfigOption, SetOption, data_console
 
 __all__ = ["register"]
@@ -20,17 +19,8 @@ __all__ = ["register"]
 
 def rightsize(
     config: ConfigOption = None,
-    region: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--region",
-            "-r",
-            help="Only this region (repeatable): AWS like us-east-1, GCP like us-central1.",
-        ),
-    ] = None,
-    output: Annotated[
-        OutputFormat, typer.Option("--format", "-f", help="table, json or csv.")
-    ] = OutputFormat.TABLE,
+    region: RegionOption = None,
+    output: FormatOption = OutputFormat.TABLE,
     overrides: SetOption = None,
 ) -> None:
     """Name the cheaper machine that would do each instance's measured work (advice only)."""
