@@ -72,18 +72,6 @@ daemon.close()
 """
 
 
-def _offer_only(types: set[str]) -> None:
-    from moto.ec2.models import instance_types
-
-    for name in [n for n in instance_types.INSTANCE_TYPES if n not in types]:
-        del instance_types.INSTANCE_TYPES[name]
-    backend = instance_types.InstanceTypeBackend
-    backend.instance_types = [t for t in backend.instance_types if t["InstanceType"] in types]
-    for regions in instance_types.INSTANCE_TYPE_OFFERINGS.values():
-        for region, offers in regions.items():
-            regions[region] = [o for o in offers if o.get("InstanceType") in types]
-
-
 def _seed(accounts: int, regions: tuple[str, ...]) -> dict[str, str]:
     """The Organization and its instances; returns instance id → its account."""
     org = boto3.client("organizations", region_name="us-east-1")
@@ -347,7 +335,7 @@ def main() -> int:
     from tests.postgres import PostgresServer
 
     regions = REGIONS[: args.regions]
-    _offer_only(set(TYPES))
+    moto_speedups.offer_only(set(TYPES))
     _server, endpoint = start_moto_server(indexed_metrics=True)
     os.environ.update(fake_aws_env(endpoint))
     postgres = PostgresServer()

@@ -285,10 +285,10 @@ def iam_moto_server(workdir: Path, instance_types: list[str]) -> Iterator[IamMot
 
 if __name__ == "__main__":
     from guardian.simulated.aws import start_moto_server
-    from tests.e2e.moto_process import _offer_only
+    from guardian.simulated.moto_speedups import offer_only
 
     if len(sys.argv) > 2 and sys.argv[2]:
-        _offer_only(set(sys.argv[2].split(",")))
+        offer_only(set(sys.argv[2].split(",")))
     _authorize_stops_per_instance(Path(sys.argv[1]))
     _server, server_url = start_moto_server()
     print(server_url, flush=True)

@@ -2,11 +2,12 @@
 
 The real trace (``alibaba-sd-serving-2026.csv.gz``) may not be copied into the repository
 (research use only), and a clone has only what the repository holds; ``bench/backtest.py``
-replays the real one where it is present beside the checkout. This fleet keeps what makes it the hard case for false stops:
-every pod holds its model's ~24 GiB of GPU memory all day, requests come in bursts of a few
-minutes, and the gaps between them are mostly short but long-tailed (median about 2 minutes,
-1 in 200 between one and a half and four hours). A third of the pods lose their traffic for the
-last hours of the day (the idle tail a stop may reclaim), and a few never serve at all.
+replays the real one where it is present beside the checkout. This fleet keeps what makes it
+the hard case for false stops: every pod holds its model's ~24 GiB of GPU memory all day,
+requests come in bursts of a few minutes, and the gaps between them are mostly short but
+long-tailed (median about 2 minutes, 1 in 200 between one and a half and four hours). A third of
+the pods lose their traffic for the last hours of the day (the idle tail a stop may reclaim), and
+a few never serve at all.
 
 Deterministic: the same seed gives the same fleet on every machine.
 """

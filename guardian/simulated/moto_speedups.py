@@ -56,6 +56,7 @@ __all__ = [
     "install",
     "installed",
     "latency_s",
+    "offer_only",
     "put_in_process",
     "uninstall",
 ]
@@ -490,3 +491,19 @@ def backdate_in_process(
     stamp = launched_at.astimezone(UTC).replace(microsecond=0, tzinfo=None)  # moto's naive UTC
     for instance_id in instance_ids:
         backend.get_instance(instance_id).launch_time = stamp
+
+
+def offer_only(types: set[str]) -> None:
+    """The simulated cloud offers only these instance types: moto's DescribeInstanceTypes and
+    its offerings shrink to them, so a client learns the GPU types in a few calls instead of 14
+    pages of 100. Process-wide and for good (moto's module-level tables): for a server process
+    of its own."""
+    from moto.ec2.models import instance_types
+
+    for name in [n for n in instance_types.INSTANCE_TYPES if n not in types]:
+        del instance_types.INSTANCE_TYPES[name]
+    backend = instance_types.InstanceTypeBackend
+    backend.instance_types = [t for t in backend.instance_types if t["InstanceType"] in types]
+    for regions in instance_types.INSTANCE_TYPE_OFFERINGS.values():
+        for region, offers in regions.items():
+            regions[region] = [o for o in offers if o.get("InstanceType") in types]
