@@ -21,9 +21,7 @@ database refuses writes nothing can be queued, so an alert goes out at once
 
 from __future__ import annotations
 
-import re
 from collections import Counter, defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -38,40 +36,20 @@ from guardian.daemon.health_messages import (
     unit_restored_message,
     unit_unreachable_message,
 )
+from guardian.daemon.housekeeping import could_hide
 from guardian.daemon.messages import Message
 from guardian.daemon.notify import Notifier
 from guardian.daemon.store import InstanceRef, Store
 from guardian.errors import StateUnavailable
 from guardian.providers import UnitError
 
-__all__ = ["CYCLES", "HealthWatch", "could_hide"]
+__all__ = ["CYCLES", "HealthWatch"]
 
 log = structlog.get_logger(__name__)
 
 CYCLES = "health:cycles"
 _PREFIXES = ("health:", "unit:", "metrics:")
 _IDS_LOGGED = 20
-_AWS_ACCOUNT = re.compile(r"\d{12}")
-
-
-def _names_an_account(error: UnitError) -> bool:
-    """An AWS account id, a GCP project; not a label (``default``, a role) for whichever
-    account the credentials would have reached."""
-    return error.provider != "aws" or _AWS_ACCOUNT.fullmatch(error.account) is not None
-
-
-def could_hide(error: UnitError, ref: InstanceRef, listed_accounts: Iterable[str]) -> bool:
-    """Whether a listing failure may have hidden this instance: same provider; same account,
-    or a label that could be any account not listed; and a matching region — ``*``/``global``
-    for all, a zone for its region."""
-    if error.provider != ref.provider:
-        return False
-    if error.account != ref.account and (
-        _names_an_account(error) or error.account in set(listed_accounts)
-    ):
-        return False
-    region = error.region
-    return region in ("*", "global") or region == ref.region or region.startswith(ref.region + "-")
 
 
 @dataclass

@@ -6,6 +6,7 @@ and every transaction is fenced by the unit's lease.
 
 from __future__ import annotations
 
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Container, Iterable, Sequence
 
@@ -21,6 +22,7 @@ from guardian.providers import UnitError
 
 __all__ = [
     "close_vanished",
+    "could_hide",
     "reconcile_stops",
     "trip_breakers",
     "unit",
@@ -38,20 +40,34 @@ def unit(instance: GpuInstance | InstanceRef) -> str:
     return f"{instance.provider} {instance.account} {instance.region}"
 
 
-def unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
-    """A listing failure that may have hidden this instance.
+_AWS_ACCOUNT = re.compile(r"\d{12}")
 
-    Errors name an account by id, or — when even that failed — by a label (``default``, a
-    role's name or ARN). A label could be any account, so it counts as this one: an episode is
-    kept open a cycle too long rather than closed by an outage.
-    """
+
+def _names_an_account(error: UnitError) -> bool:
+    """An AWS account id, a GCP project; not a label (``default``, a role) for whichever
+    account the credentials would have reached."""
+    return error.provider != "aws" or _AWS_ACCOUNT.fullmatch(error.account) is not None
+
+
+def could_hide(error: UnitError, ref: InstanceRef, listed_accounts: Iterable[str]) -> bool:
+    """Whether a listing failure may have hidden this instance: same provider; same account,
+    or a label that could be any account not listed; and a matching region — ``*``/``global``
+    for all, a zone for its region."""
+    if error.provider != ref.provider:
+        return False
+    if error.account != ref.account and (
+        _names_an_account(error) or error.account in set(listed_accounts)
+    ):
+        return False
+    region = error.region
+    return region in ("*", "global") or region == ref.region or region.startswith(ref.region + "-")
+
+
+def unit_failed(result: CycleResult, ref: InstanceRef) -> UnitError | None:
+    """A listing failure that may have hidden this instance (``could_hide``): its episode is
+    kept open a cycle too long rather than closed by an outage."""
     listed = {finding.instance.account for finding in result.findings}
-    for error in result.errors:
-        if error.provider != ref.provider:
-            continue
-        if error.account == ref.account or error.account not in listed:
-            return error
-    return None
+    return next((e for e in result.errors if could_hide(e, ref, listed)), None)
 
 
 def reconcile_stops(
